@@ -1,0 +1,189 @@
+"""GMF, MLP and NeuMF (He et al. 2017) as one module with a switch, so every variant shares one contract.
+
+Sizes follow the paper: ``factor`` is the predictive factor (GMF embedding size and last MLP layer); the MLP
+tower has ``num_layers`` layers halving from ``factor * 2**num_layers`` inputs, so its embeddings are
+``factor * 2**(num_layers-1)`` wide.
+
+Speed: the first MLP layer acts on ``concat(user_emb, item_emb)``, which equals
+``W_u @ user_emb + W_i @ item_emb``. Each side is therefore projected once per *entity* (a table of
+users/items) instead of once per *sample* whenever the batch is larger than the entity count — the same
+maths and the same ``state_dict``, 3-4x fewer FLOPs on large batches, and at serving time the item side is
+computed once at load.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import ConfigError
+
+ModelType = Literal["gmf", "mlp", "neumf"]
+MODEL_TYPES: tuple[str, ...] = ("gmf", "mlp", "neumf")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in the artifact."""
+
+    model: str
+    num_users: int
+    num_items: int
+    factor: int = 32
+    num_layers: int = 3
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_TYPES:
+            raise ConfigError(f"model must be one of {', '.join(MODEL_TYPES)}, got {self.model!r}")
+        if self.num_users < 1 or self.num_items < 1:
+            raise ConfigError("num_users and num_items must be positive")
+        if self.factor < 1:
+            raise ConfigError(f"factor must be ≥ 1, got {self.factor}")
+        if self.model != "gmf" and not 1 <= self.num_layers <= 8:
+            raise ConfigError(f"num_layers must be between 1 and 8, got {self.num_layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def uses_gmf(self) -> bool:
+        return self.model in ("gmf", "neumf")
+
+    @property
+    def uses_mlp(self) -> bool:
+        return self.model in ("mlp", "neumf")
+
+    @property
+    def mlp_embedding_dim(self) -> int:
+        return self.factor * 2 ** (self.num_layers - 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# A side (user or item) of the network: (GMF embedding or None, first-MLP-layer projection or None).
+Side = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+class NCF(nn.Module):
+    """GMF, MLP or NeuMF scorer; ``forward`` returns logits (apply sigmoid for probabilities)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        if c.uses_gmf:
+            self.embed_user_gmf = nn.Embedding(c.num_users, c.factor)
+            self.embed_item_gmf = nn.Embedding(c.num_items, c.factor)
+        if c.uses_mlp:
+            dim = c.mlp_embedding_dim
+            self.embed_user_mlp = nn.Embedding(c.num_users, dim)
+            self.embed_item_mlp = nn.Embedding(c.num_items, dim)
+            sizes = [c.factor * 2 ** (c.num_layers - k) for k in range(c.num_layers + 1)]
+            self.mlp_layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        predict_in = c.factor * (int(c.uses_gmf) + int(c.uses_mlp))
+        self.predict_layer = nn.Linear(predict_in, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation: N(0, 0.01) embeddings, Xavier MLP, Kaiming for the output."""
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.01)
+        if self.config.uses_mlp:
+            for layer in self.mlp_layers:
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        nn.init.kaiming_uniform_(self.predict_layer.weight, a=1, nonlinearity="sigmoid")
+        nn.init.zeros_(self.predict_layer.bias)
+
+    # ------------------------------------------------------------------ sides and head
+    def _side(
+        self, idx: torch.Tensor | None, gmf: nn.Embedding | None, mlp: nn.Embedding | None, which: int
+    ) -> Side:
+        g = None
+        p = None
+        if gmf is not None:
+            g = gmf.weight if idx is None else F.embedding(idx, gmf.weight)
+        if mlp is not None:
+            first = self.mlp_layers[0]
+            dim = self.config.mlp_embedding_dim
+            w = first.weight[:, :dim] if which == 0 else first.weight[:, dim:]
+            bias = first.bias if which == 1 else None
+            if idx is None:
+                p = F.linear(mlp.weight, w, bias)
+            elif idx.numel() > mlp.num_embeddings:
+                p = F.embedding(idx, F.linear(mlp.weight, w, bias))  # project the table, then gather
+            else:
+                p = F.linear(F.embedding(idx, mlp.weight), w, bias)  # gather, then project
+        return g, p
+
+    def user_side(self, users: torch.Tensor | None = None) -> Side:
+        """User half of the network for ``users`` (all users if None)."""
+        return self._side(
+            users, getattr(self, "embed_user_gmf", None), getattr(self, "embed_user_mlp", None), 0
+        )
+
+    def item_side(self, items: torch.Tensor | None = None) -> Side:
+        """Item half (first-layer bias included) for ``items`` (all items if None)."""
+        return self._side(
+            items, getattr(self, "embed_item_gmf", None), getattr(self, "embed_item_mlp", None), 1
+        )
+
+    def head(self, user: Side, item: Side) -> torch.Tensor:
+        """Logits from a user side and an item side; broadcasts (one user against many items)."""
+        parts = []
+        if self.config.uses_gmf:
+            parts.append(user[0] * item[0])
+        if self.config.uses_mlp:
+            h = F.relu(user[1] + item[1])
+            for layer in self.mlp_layers[1:]:
+                if self.training and self.config.dropout > 0:
+                    h = F.dropout(h, self.config.dropout, training=True)
+                h = F.relu(layer(h))
+            if self.training and self.config.dropout > 0:
+                h = F.dropout(h, self.config.dropout, training=True)
+            parts.append(h)
+        # Each part already mixes user and item, so both broadcast to the same leading shape.
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+        return self.predict_layer(x).squeeze(-1)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.head(self.user_side(users), self.item_side(items))
+
+
+def build_model(config: ModelConfig) -> NCF:
+    return NCF(config)
+
+
+def neumf_from_pretrained(gmf: NCF, mlp: NCF, alpha: float = 0.5, dropout: float | None = None) -> NCF:
+    """NeuMF initialised from trained GMF and MLP (the paper's pre-training, alpha weighs the two)."""
+    g, m = gmf.config, mlp.config
+    if g.model != "gmf" or m.model != "mlp":
+        raise ConfigError(f"pre-training needs a GMF and an MLP model, got {g.model} and {m.model}")
+    if (g.num_users, g.num_items) != (m.num_users, m.num_items):
+        raise ConfigError("pre-trained GMF and MLP were trained on different user/item sets")
+    if g.factor != m.factor:
+        raise ConfigError(f"pre-trained GMF factor {g.factor} differs from MLP factor {m.factor}")
+    config = ModelConfig(
+        "neumf", g.num_users, g.num_items, g.factor, m.num_layers, m.dropout if dropout is None else dropout
+    )
+    model = NCF(config)
+    with torch.no_grad():
+        model.embed_user_gmf.weight.copy_(gmf.embed_user_gmf.weight)
+        model.embed_item_gmf.weight.copy_(gmf.embed_item_gmf.weight)
+        model.embed_user_mlp.weight.copy_(mlp.embed_user_mlp.weight)
+        model.embed_item_mlp.weight.copy_(mlp.embed_item_mlp.weight)
+        for dst, src in zip(model.mlp_layers, mlp.mlp_layers, strict=True):
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+        model.predict_layer.weight.copy_(
+            torch.cat([alpha * gmf.predict_layer.weight, (1 - alpha) * mlp.predict_layer.weight], dim=1)
+        )
+        model.predict_layer.bias.copy_(alpha * gmf.predict_layer.bias + (1 - alpha) * mlp.predict_layer.bias)
+    return model

@@ -1,0 +1,111 @@
+"""End-to-end jobs shared by the CLI and the training container: data → train → artifact, and evaluate."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import artifact
+from . import data as ncf_data
+from .errors import ConfigError
+from .evaluation import evaluate
+from .models import NCF, neumf_from_pretrained
+from .training import Distributed, EpochReport, TrainConfig, Trainer, TrainResult
+
+log = logging.getLogger("ncf_core.pipeline")
+
+PRETRAIN_SUBDIRS = ("gmf", "mlp")
+
+
+def load_pretrained(pretrain_dir: str | Path, data: ncf_data.Interactions, config: TrainConfig) -> NCF:
+    """NeuMF initialised from ``DIR/gmf`` and ``DIR/mlp`` artifacts trained on the same ids."""
+    root = Path(pretrain_dir)
+    parts = {}
+    for name in PRETRAIN_SUBDIRS:
+        art = artifact.load(root / name)
+        if art.user_ids != data.user_ids or art.item_ids != data.item_ids:
+            raise ConfigError(f"pre-trained {root / name} was trained on other user/item ids than this data")
+        parts[name] = art.model
+    model = neumf_from_pretrained(
+        parts["gmf"], parts["mlp"], alpha=config.pretrain_alpha, dropout=config.dropout
+    )
+    c = model.config
+    if (c.factor, c.num_layers) != (config.factor, config.num_layers):
+        raise ConfigError(
+            f"pre-trained models have factor {c.factor} and {c.num_layers} layers, "
+            f"but training asks for factor {config.factor} and {config.num_layers} layers"
+        )
+    return model
+
+
+def train_to_artifact(
+    data: ncf_data.Interactions,
+    config: TrainConfig,
+    model_dir: str | Path | None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    dist: Distributed | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    extra_training_info: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train (resuming from ``checkpoint_dir``) and, on the main rank, write the artifact."""
+    initial = load_pretrained(config.pretrain_dir, data, config) if config.pretrain_dir else None
+    trainer = Trainer(
+        data,
+        config,
+        checkpoint_dir=checkpoint_dir,
+        dist=dist,
+        initial_model=initial,
+        should_stop=should_stop,
+        on_epoch=on_epoch,
+    )
+    trainer.resume()
+    result = trainer.fit()
+    if result.stopped or model_dir is None or not trainer.dist.is_main:
+        return result
+    metrics = result.summary()
+    training = {
+        "config": {k: v for k, v in vars(config).items()},
+        "data_source": data.source,
+        "history": result.history,
+        **(extra_training_info or {}),
+    }
+    artifact.save(
+        model_dir,
+        result.model,
+        user_ids=data.user_ids,
+        item_ids=data.item_ids,
+        history=data.history_csr(),
+        item_popularity=data.item_popularity(),
+        metrics=metrics,
+        training=training,
+    )
+    return result
+
+
+def evaluate_artifact(
+    model_dir: str | Path, data_spec: str | Path, k: int = 10, seed: int | None = None
+) -> dict:
+    """Test (and validation) HR/NDCG of a saved model on data split the way training split it."""
+    art = artifact.load(model_dir)
+    if seed is None:
+        seed = int(art.training.get("config", {}).get("seed", 0))
+    data = ncf_data.load(data_spec, seed=seed)
+    if art.user_ids != data.user_ids or art.item_ids != data.item_ids:
+        raise ConfigError(f"{data_spec} has other user/item ids than the model in {model_dir}")
+    out: dict[str, Any] = {"k": k}
+    if data.test is not None:
+        out |= evaluate(art.model, data.test, k).as_dict()
+        out["users"] = len(data.test)
+    if data.val is not None:
+        out |= evaluate(art.model, data.val, k).as_dict("val_")
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

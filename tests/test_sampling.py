@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ncf_core import sampling
+from ncf_core.sampling import PositiveSet, sample_distinct_negatives, sample_negatives
+
+
+def dense_positives(num_users: int = 50, num_items: int = 30, density: float = 0.6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(num_users, num_items, generator=g) < density
+    mask[:, 0] = False  # every user keeps at least one negative
+    users, items = mask.nonzero(as_tuple=True)
+    return mask, users, items
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_no_training_positive_is_ever_sampled(monkeypatch, dense: bool):
+    if not dense:  # force the sorted-keys path used for large catalogues
+        monkeypatch.setattr(sampling, "DENSE_BITMAP_MAX_CELLS", 0)
+    mask, users, items = dense_positives()
+    positives = PositiveSet(users, items, 50, 30)
+    query = users.repeat(20)
+    neg = sample_negatives(query, positives, torch.Generator().manual_seed(1))
+    assert neg.shape == query.shape
+    assert not mask[query, neg].any()
+    # Uniform over each user's non-positives: all of them show up for a dense user.
+    u0 = query == 0
+    assert set(neg[u0].tolist()) == set((~mask[0]).nonzero().squeeze(1).tolist())
+
+
+def test_sampling_is_seeded():
+    _, users, items = dense_positives()
+    positives = PositiveSet(users, items, 50, 30)
+    a = sample_negatives(users, positives, torch.Generator().manual_seed(7))
+    b = sample_negatives(users, positives, torch.Generator().manual_seed(7))
+    c = sample_negatives(users, positives, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_distinct_negatives_per_row():
+    mask, users, items = dense_positives(density=0.3)
+    positives = PositiveSet(users, items, 50, 30)
+    free = int((~mask).sum(1).min())
+    rows = sample_distinct_negatives(torch.arange(50), free, positives, torch.Generator().manual_seed(0))
+    for u, row in enumerate(rows):
+        assert len(set(row.tolist())) == free
+        assert not mask[u, row].any()
+
+
+def test_user_with_every_item_cannot_be_sampled():
+    positives = PositiveSet(torch.zeros(3, dtype=torch.long), torch.arange(3), 1, 3)
+    with pytest.raises(ValueError, match="every item"):
+        sample_negatives(torch.zeros(2, dtype=torch.long), positives, torch.Generator())

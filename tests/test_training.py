@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ncf_core.errors import ConfigError
+from ncf_core.evaluation import evaluate, evaluate_scores
+from ncf_core.training import TrainConfig, Trainer, list_checkpoints, train
+
+FAST = TrainConfig(model="neumf", factor=8, num_layers=2, epochs=6, batch_size=512, lr=0.01, seed=3)
+
+
+def popularity_hr(data, k: int = 10) -> float:
+    pop = np.bincount(data.train_items, minlength=data.num_items).astype(float)
+    return evaluate_scores(pop[data.test.items], pop[data.test.negatives], k).hr
+
+
+@pytest.mark.parametrize("model", ["gmf", "mlp", "neumf"])
+def test_every_variant_learns_the_planted_structure(planted, model):
+    result = train(planted, replace(FAST, model=model, epochs=8))
+    random_hr = 10 / 100
+    assert result.test.hr > 0.6, result.history
+    assert result.test.hr > popularity_hr(planted) + 0.3
+    assert result.test.hr > random_hr + 0.4
+    assert result.best_epoch >= 1 and len(result.history) == 8
+
+
+def test_kept_epoch_is_chosen_on_validation_not_test(planted):
+    result = train(planted, FAST)
+    val_ndcg = [h["val_ndcg"] for h in result.history]
+    assert result.best_epoch == int(np.argmax(val_ndcg)) + 1
+    # The returned model is the kept epoch's: its test metrics are what the summary reports.
+    again = evaluate(result.model, planted.test, 10)
+    assert again.hr == pytest.approx(result.test.hr) and again.ndcg == pytest.approx(result.test.ndcg)
+
+
+def test_epoch_negatives_are_never_training_positives(planted):
+    trainer = Trainer(planted, FAST)
+    positives = set(zip(planted.train_users.tolist(), planted.train_items.tolist(), strict=True))
+    for epoch in (1, 2):
+        users, items, labels, order = trainer.epoch_tensors(epoch)
+        assert sorted(order.tolist()) == list(range(len(users)))
+        neg = labels == 0
+        assert int(neg.sum()) == FAST.num_neg * len(planted.train_users)
+        pairs = zip(users[neg].tolist(), items[neg].tolist(), strict=True)
+        assert not any(p in positives for p in pairs)
+    a = trainer.epoch_tensors(1)[1]
+    b = trainer.epoch_tensors(2)[1]
+    assert not torch.equal(a, b)  # re-sampled every epoch
+
+
+def test_same_seed_same_model(planted):
+    a = train(planted, replace(FAST, epochs=2))
+    b = train(planted, replace(FAST, epochs=2))
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+
+
+def strip_timing(history):
+    return [{k: v for k, v in h.items() if not k.endswith("_s")} for h in history]
+
+
+@pytest.mark.parametrize("stop_after_calls", [3, 30])  # mid-epoch 1, mid-epoch 2
+def test_interrupted_run_resumes_to_the_same_result(planted, tmp_path: Path, stop_after_calls: int):
+    cfg = replace(FAST, epochs=3, dropout=0.2)  # dropout: the RNG stream must be restored too
+    full = train(planted, cfg, checkpoint_dir=tmp_path / "full")
+
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= stop_after_calls
+
+    ckpt = tmp_path / "ckpt"
+    first = train(planted, cfg, checkpoint_dir=ckpt, should_stop=stop)
+    assert first.stopped and list_checkpoints(ckpt)
+    resumed = train(planted, cfg, checkpoint_dir=ckpt)
+    assert not resumed.stopped
+    assert strip_timing(resumed.history) == strip_timing(full.history)
+    assert resumed.best_epoch == full.best_epoch
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_only_the_newest_checkpoints_are_kept(planted, tmp_path: Path):
+    train(planted, replace(FAST, epochs=4), checkpoint_dir=tmp_path)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["ncf-ckpt-0003-0000000.pt", "ncf-ckpt-0004-0000000.pt"]
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_previous(planted, tmp_path: Path):
+    train(planted, replace(FAST, epochs=2), checkpoint_dir=tmp_path)
+    list_checkpoints(tmp_path)[-1].write_bytes(b"truncated")
+    trainer = Trainer(planted, replace(FAST, epochs=2), checkpoint_dir=tmp_path)
+    assert trainer.resume() and trainer.epochs_done == 1
+
+
+def test_resume_with_other_settings_is_refused(planted, tmp_path: Path):
+    train(planted, replace(FAST, epochs=1), checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="different settings"):
+        train(planted, replace(FAST, epochs=2, lr=0.5), checkpoint_dir=tmp_path)
+
+
+def test_epoch_log_lines_are_scrapable(planted, caplog):
+    caplog.set_level("INFO", logger="ncf_core.training")
+    train(planted, replace(FAST, epochs=1))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch="))
+    for name in ("epoch", "loss", "train_s", "eval_s", "val_hr", "val_ndcg", "hr", "ndcg"):
+        assert re.search(rf"(?:^| ){name}=([0-9.e+-]+);", line), (name, line)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("lr", 0.0),
+        ("lr", float("nan")),
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("num_neg", 0),
+        ("model", "x"),
+        ("device", "tpu"),
+    ],
+)
+def test_invalid_training_config(field, value):
+    with pytest.raises(ConfigError):
+        replace(FAST, **{field: value}).validate()
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(planted):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        Trainer(planted, replace(FAST, device="cuda"))
