@@ -1,0 +1,1 @@
+"""Thin adapters from Amazon SageMaker's container contracts (training and hosting) to ``ncf_core``."""

@@ -1,0 +1,90 @@
+"""Every SageMaker platform name in one place: environment variables, /opt/ml paths, config keys.
+
+``SAGEMAKER_BASE_DIR`` relocates ``/opt/ml`` (as the sagemaker-training toolkit does), so the contract
+programs run unchanged against a temporary tree in tests and on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# ------------------------------------------------------------------ environment variables
+BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
+DEFAULT_BASE_DIR = "/opt/ml"
+CHECKPOINT_DIR_ENV = "NCF_CHECKPOINT_DIR"  # ours: relocates /opt/ml/checkpoints in tests
+DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
+PROGRAM_ENV = "SAGEMAKER_PROGRAM"
+SUBMIT_DIRECTORY_ENV = "SAGEMAKER_SUBMIT_DIRECTORY"
+BIND_TO_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
+SAFE_PORT_RANGE_ENV = "SAGEMAKER_SAFE_PORT_RANGE"
+DEFAULT_PORT = 8080
+MULTI_MODEL_ENV = "SAGEMAKER_MULTI_MODEL"
+MODEL_SERVER_WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
+MODEL_SERVER_TIMEOUT_ENV = "SAGEMAKER_MODEL_SERVER_TIMEOUT"
+MAX_PAYLOAD_IN_MB_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+DEFAULT_MAX_PAYLOAD_IN_MB = 6
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+
+# ------------------------------------------------------------------ hyperparameter keys (script mode)
+SUBMIT_DIRECTORY_HP = "sagemaker_submit_directory"
+PROGRAM_HP = "sagemaker_program"
+MPI_ENABLED_HP = "sagemaker_mpi_enabled"
+DISTRIBUTION_HP_PREFIX = "sagemaker_"  # every key starting with it belongs to the platform, not to us
+
+
+def base_dir() -> Path:
+    return Path(os.environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR))
+
+
+def input_dir() -> Path:
+    return base_dir() / "input"
+
+
+def config_dir() -> Path:
+    return input_dir() / "config"
+
+
+def hyperparameters_file() -> Path:
+    return config_dir() / "hyperparameters.json"
+
+
+def resource_config_file() -> Path:
+    return config_dir() / "resourceconfig.json"
+
+
+def input_data_config_file() -> Path:
+    return config_dir() / "inputdataconfig.json"
+
+
+def channel_dir(name: str) -> Path:
+    return input_dir() / "data" / name
+
+
+def model_dir() -> Path:
+    return base_dir() / "model"
+
+
+def output_dir() -> Path:
+    return base_dir() / "output"
+
+
+def output_data_dir() -> Path:
+    return output_dir() / "data"
+
+
+def failure_file() -> Path:
+    return output_dir() / "failure"
+
+
+def code_dir() -> Path:
+    return base_dir() / "code"
+
+
+def checkpoint_dir() -> Path:
+    """/opt/ml/checkpoints is fixed by SageMaker (not under the base dir); tests relocate it by env."""
+    if CHECKPOINT_DIR_ENV in os.environ:
+        return Path(os.environ[CHECKPOINT_DIR_ENV])
+    if BASE_DIR_ENV in os.environ:
+        return base_dir() / "checkpoints"
+    return Path(DEFAULT_CHECKPOINT_DIR)
