@@ -27,6 +27,7 @@ log = logging.getLogger("ncf_core.data")
 NUM_EVAL_NEGATIVES = 99
 NCF_SUFFIXES = {"train": ".train.rating", "test": ".test.rating", "negative": ".test.negative"}
 RAW_FILE_NAMES = ("ratings.dat", "u.data", "ratings.csv", "ratings.parquet")
+RAW_SUFFIXES = (".csv", ".tsv", ".parquet", ".dat", ".data")
 _USER_COLUMNS = {"user", "userid", "users"}
 _ITEM_COLUMNS = {"item", "itemid", "items", "movie", "movieid"}
 _CANONICAL_INT = re.compile(r"^(0|-?[1-9][0-9]*)$")
@@ -99,6 +100,9 @@ def resolve(spec: str | Path) -> tuple[str, dict[str, Path]]:
         for name in RAW_FILE_NAMES:
             if (path / name).is_file():
                 return "raw", {"ratings": path / name}
+        files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RAW_SUFFIXES]
+        if len(files) == 1:  # e.g. an S3 channel holding one interactions.csv
+            return "raw", {"ratings": files[0]}
         raise DataError(
             f"no '*{NCF_SUFFIXES['train']}' and none of {', '.join(RAW_FILE_NAMES)} in this directory", path
         )

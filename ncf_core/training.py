@@ -26,6 +26,7 @@ from .data import Interactions
 from .errors import ConfigError
 from .evaluation import Metrics, evaluate
 from .models import MODEL_TYPES, NCF, ModelConfig
+from .runtime import tune_allocator
 from .sampling import PositiveSet, sample_negatives
 
 log = logging.getLogger("ncf_core.training")
@@ -175,6 +176,7 @@ class Trainer:
         on_epoch: Callable[[EpochReport], None] | None = None,
     ):
         config.validate()
+        tune_allocator()
         self.data = data
         self.config = config
         self.dist = dist or Distributed()
@@ -202,9 +204,12 @@ class Trainer:
         items = torch.from_numpy(data.train_items).to(self.device)
         # Negatives exclude all training positives of the user (never val/test: that would leak them).
         self.positives = PositiveSet(users, items, data.num_users, data.num_items)
-        # Each rank trains on its own slice of the positives and samples its own negatives.
-        self.users = users[self.dist.rank :: self.dist.world_size]
-        self.items = items[self.dist.rank :: self.dist.world_size]
+        # Each rank trains on its own slice of the positives and samples its own negatives. Slices are
+        # padded by wrapping around (as DistributedSampler does) so every rank runs the same step count.
+        world = self.dist.world_size
+        shard = torch.arange(self.dist.rank, math.ceil(len(users) / world) * world, world, device=self.device)
+        shard = shard % len(users)
+        self.users, self.items = users[shard], items[shard]
 
         self.epochs_done = 0
         self.step_in_epoch = 0
@@ -249,13 +254,29 @@ class Trainer:
             report = self._end_epoch(epoch)
             if self.on_epoch is not None and self.dist.is_main:
                 self.on_epoch(report)
-            if cfg.patience and self.best_val is not None and epoch - self.best_epoch >= cfg.patience:
+            patience_hit = bool(
+                cfg.patience and self.best_val is not None and epoch - self.best_epoch >= cfg.patience
+            )
+            if self._any_rank(patience_hit):
                 log.info("no validation gain for %d epochs, stopping early", cfg.patience)
                 break
-            if self.should_stop():
+            if self.epochs_done < cfg.epochs and self._stop_requested():
                 stopped = True
                 break
         return self.result(stopped)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any (ranks must agree on when to stop)."""
+        if self.dist.world_size == 1:
+            return flag
+        import torch.distributed as torch_dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _stop_requested(self) -> bool:
+        return self._any_rank(self.should_stop())
 
     def _train_epoch(self, epoch: int) -> bool:
         """Run the remaining steps of ``epoch``; False if a stop was requested (checkpoint saved)."""
@@ -278,7 +299,7 @@ class Trainer:
             loss_sum += loss.detach().double() * idx.shape[0]
             self.epoch_samples += int(idx.shape[0])
             self.step_in_epoch = step + 1
-            if self.step_in_epoch < steps and self.should_stop():
+            if self.step_in_epoch < steps and self._stop_requested():
                 self.epoch_loss_sum += float(loss_sum)
                 self.epoch_train_s += time.perf_counter() - t0
                 log.info("stop requested in epoch %d at step %d/%d", epoch, self.step_in_epoch, steps)
@@ -368,9 +389,26 @@ class Trainer:
         }
 
     def resume(self) -> bool:
-        """Restore the newest readable checkpoint; False if there is none."""
-        if self.checkpoint_dir is None:
+        """Restore the newest readable checkpoint; False if there is none.
+
+        Distributed: rank 0 reads it and sends it to every rank, so all replicas (and their optimiser
+        moments) restart identical wherever the files are.
+        """
+        state = self._read_checkpoint() if self.dist.is_main else None
+        if self.dist.world_size > 1:
+            import torch.distributed as torch_dist
+
+            box = [state]
+            torch_dist.broadcast_object_list(box, src=0)
+            state = box[0]
+        if state is None:
             return False
+        self._restore(state)
+        return True
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        if self.checkpoint_dir is None:
+            return None
         for path in reversed(list_checkpoints(self.checkpoint_dir)):
             try:
                 state = torch.load(path, map_location=self.device, weights_only=False)
@@ -384,26 +422,30 @@ class Trainer:
                 )
             if state.get("data") != self._data_fingerprint():
                 raise ConfigError(f"checkpoint {path} was written for different training data")
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            log.info("resuming from %s", path)
+            return state
+        return None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.dist.is_main:  # other ranks keep their own dropout stream
             torch.set_rng_state(state["torch_rng"].cpu())
             if state["cuda_rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-            self.epochs_done = state["epochs_done"]
-            self.step_in_epoch = state["step_in_epoch"]
-            self.history = state["history"]
-            best = state["best"]
-            self.best_score = tuple(best["score"]) if best["score"] is not None else -math.inf
-            self.best_epoch = best["epoch"]
-            self.best_state = best["state"]
-            self.best_val = Metrics(**best["val"]) if best["val"] else None
-            self.best_test = Metrics(**best["test"]) if best["test"] else None
-            self.epoch_loss_sum = state["epoch_loss_sum"]
-            self.epoch_samples = state["epoch_samples"]
-            self.epoch_train_s = state["epoch_train_s"]
-            log.info("resumed from %s (epoch %d done, step %d)", path, self.epochs_done, self.step_in_epoch)
-            return True
-        return False
+        self.epochs_done = state["epochs_done"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.history = state["history"]
+        best = state["best"]
+        self.best_score = tuple(best["score"]) if best["score"] is not None else -math.inf
+        self.best_epoch = best["epoch"]
+        self.best_state = best["state"]
+        self.best_val = Metrics(**best["val"]) if best["val"] else None
+        self.best_test = Metrics(**best["test"]) if best["test"] else None
+        self.epoch_loss_sum = state["epoch_loss_sum"]
+        self.epoch_samples = state["epoch_samples"]
+        self.epoch_train_s = state["epoch_train_s"]
+        log.info("resumed: %d epochs done, step %d of the next", self.epochs_done, self.step_in_epoch)
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -1,0 +1,239 @@
+"""The ``train`` program: SageMaker's training-container contract adapted to ``ncf_core``.
+
+Reads ``/opt/ml/input/config/*.json`` and the ``train`` (+ optional ``test``) channel, trains (possibly
+data-parallel), writes the artifact to ``/opt/ml/model``, reports to ``/opt/ml/output/data``, checkpoints to
+``/opt/ml/checkpoints`` and resumes from it. On SIGTERM it checkpoints and exits (code 143). Any failure
+writes a one-paragraph reason to ``/opt/ml/output/failure`` (SageMaker's FailureReason) and exits 1.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ncf_core import data as ncf_data
+from ncf_core.errors import ConfigError, DataError, NcfError
+from ncf_core.pipeline import train_to_artifact
+from ncf_core.training import Distributed, EpochReport
+
+from . import distributed, hyperparameters, platform, reports, script_mode
+
+log = logging.getLogger("ncf_sagemaker.train")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_STOPPED = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
+FAILURE_LIMIT = 1024  # SageMaker keeps the first 1024 characters as FailureReason
+
+
+def read_json(path: Path, default: Any) -> Any:
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path.name} is not valid JSON: {exc}") from None
+
+
+def write_failure(reason: str) -> None:
+    path = platform.failure_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(reason[:FAILURE_LIMIT])
+    except OSError as exc:  # never mask the original failure
+        log.error("could not write %s: %s", path, exc)
+
+
+def _one(directory: Path, pattern: str) -> Path:
+    found = sorted(directory.glob(pattern))
+    if len(found) != 1:
+        raise DataError(
+            f"expected exactly one '{pattern}' file in channel directory, found {len(found)}", directory
+        )
+    return found[0]
+
+
+def load_job_data(options: hyperparameters.JobOptions) -> ncf_data.Interactions:
+    """The ``train`` channel (NCF files or raw ratings), plus the ``test`` channel's NCF files if given."""
+    cfg = options.config
+    train_dir = platform.channel_dir("train")
+    test_dir = platform.channel_dir("test")
+    if not train_dir.is_dir():
+        raise DataError("the required 'train' channel is missing (no directory)", train_dir)
+    if test_dir.is_dir() and any(p for p in test_dir.iterdir() if not p.name.startswith(".")):
+        data = ncf_data.load_ncf(
+            _one(train_dir, "*" + ncf_data.NCF_SUFFIXES["train"]),
+            _one(test_dir, "*" + ncf_data.NCF_SUFFIXES["test"]),
+            _one(test_dir, "*" + ncf_data.NCF_SUFFIXES["negative"]),
+        )
+        if options.validation:
+            ncf_data.add_validation(
+                data, seed=cfg.seed, num_negatives=options.num_eval_negatives, chronological=False
+            )
+        return data
+    return ncf_data.load(
+        train_dir,
+        seed=cfg.seed,
+        num_eval_negatives=options.num_eval_negatives,
+        validation=options.validation,
+        min_rating=options.min_rating,
+    )
+
+
+class Job:
+    def __init__(
+        self, options: hyperparameters.JobOptions, placement: distributed.Placement, channels: list[str]
+    ):
+        self.options = options
+        self.placement = placement
+        self.channels = channels
+        self.stop: threading.Event | None = None  # made per process (an Event cannot be pickled to workers)
+
+    def run_rank(self, local_rank: int) -> int:
+        p = self.placement
+        rank, world = p.rank(local_rank), p.world_size
+        stop = self.stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        config = self.options.config
+        if world > 1:
+            import torch.distributed as torch_dist
+
+            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = p.master_addr, str(p.master_port)
+            log.info("rank %d/%d joining %s:%d (%s)", rank, world, p.master_addr, p.master_port, p.backend)
+            torch_dist.init_process_group(
+                p.backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30)
+            )
+            config.device = p.device(local_rank)
+        try:
+            data = load_job_data(self.options)
+            history: list[dict[str, Any]] = []
+            out = platform.output_data_dir()
+
+            def on_epoch(report: EpochReport) -> None:
+                history.append(report.as_dict())
+                reports.write_json(out / reports.METRICS_FILE, history)
+
+            result = train_to_artifact(
+                data,
+                config,
+                platform.model_dir(),
+                checkpoint_dir=platform.checkpoint_dir(),
+                dist=Distributed(rank, world),
+                should_stop=stop.is_set,
+                on_epoch=on_epoch,
+                extra_training_info={"world_size": world, "channels": self.channels},
+            )
+            if result.stopped:
+                log.info(
+                    "stopped on request; the checkpoint in %s resumes the run", platform.checkpoint_dir()
+                )
+                return EXIT_STOPPED
+            if rank == 0:
+                summary = result.summary() | {"k": config.top_k, "world_size": world}
+                reports.write_json(out / reports.METRICS_FILE, result.history)
+                reports.write_json(out / reports.REPORT_FILE, summary)
+                reports.write_learning_curve(out / reports.CURVE_FILE, result.history, result.best_epoch)
+                log.info("final: %s", " ".join(f"{k}={v};" for k, v in summary.items()))
+            return EXIT_OK
+        finally:
+            if world > 1:
+                import torch.distributed as torch_dist
+
+                torch_dist.destroy_process_group()
+
+
+def _spawned_worker(local_rank: int, job: Job) -> None:
+    _configure_logging()
+    code = _guarded(lambda: job.run_rank(local_rank))
+    if code != EXIT_OK:
+        sys.exit(code)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def _guarded(body) -> int:
+    """Run ``body``; turn any failure into output/failure + a non-zero exit code."""
+    try:
+        return body()
+    except (NcfError, ValueError) as exc:
+        log.error("%s", exc)
+        write_failure(str(exc))
+        return EXIT_FAILED
+    except Exception as exc:
+        log.error("unexpected error:\n%s", traceback.format_exc())
+        write_failure(f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+
+
+def _run() -> int:
+    raw = read_json(platform.hyperparameters_file(), {})
+    resource_config = read_json(platform.resource_config_file(), {})
+    input_config = read_json(platform.input_data_config_file(), None)
+    if input_config is None:  # local runs: whatever channel directories exist
+        data_root = platform.input_dir() / "data"
+        input_config = {p.name: {} for p in data_root.iterdir()} if data_root.is_dir() else {}
+    channels = sorted(input_config)
+
+    program = script_mode.requested(raw)
+    if program:
+        code = script_mode.run(program, raw, resource_config, channels)
+        if code != 0:
+            write_failure(f"user script {program} exited with code {code}")
+            return EXIT_FAILED if code > 0 else EXIT_STOPPED
+        return EXIT_OK
+
+    options = hyperparameters.parse(raw)
+    if "train" not in input_config:
+        raise ConfigError(f"the 'train' channel is required; this job has channels {channels or 'none'}")
+    mpi = hyperparameters.convert(platform.MPI_ENABLED_HP, raw.get(platform.MPI_ENABLED_HP, "false"), bool)
+    placement = distributed.resolve(resource_config, options.config.device, mpi_enabled=mpi)
+    job = Job(options, placement, channels)
+    log.info(
+        "training %s on %s (%d worker(s) in all), hyperparameters %s",
+        options.config.model,
+        placement.current_host,
+        placement.world_size,
+        json.dumps(raw, sort_keys=True),
+    )
+    if placement.spawns_workers:
+        import torch.multiprocessing as mp
+
+        signal.signal(signal.SIGTERM, lambda *_: None)  # the workers get it through the process group
+        try:
+            mp.start_processes(
+                _spawned_worker, args=(job,), nprocs=placement.procs_per_host, start_method="spawn"
+            )
+        except mp.ProcessExitedException as exc:
+            if exc.exit_code == EXIT_STOPPED:
+                return EXIT_STOPPED
+            if not platform.failure_file().exists():
+                write_failure(f"a training worker exited with code {exc.exit_code}")
+            return EXIT_FAILED
+        return EXIT_OK
+    return job.run_rank(placement.mpi_local_rank or 0)
+
+
+def main() -> int:
+    _configure_logging()
+    code = _guarded(_run)
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

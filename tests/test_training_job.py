@@ -1,0 +1,265 @@
+"""The training-container contract, run as a plain process against a temporary /opt/ml tree."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from ncf_sagemaker import hyperparameters
+
+from ncf_core import artifact
+from ncf_core.errors import ConfigError
+from ncf_core.training import list_checkpoints
+from tests.sagemaker_tree import SageMakerTree
+from tests.synthetic import write_ncf_files, write_ratings_csv
+
+# The workshop's estimator hyperparameters, as SageMaker delivers them (strings, some JSON-encoded).
+WORKSHOP_HPS = {
+    "epochs": '"4"',
+    "lr": "0.01",
+    "batch_size": '"512"',
+    "factor_num": "8",
+    "num_layers": "2",
+    "num_ng": "4",
+    "dropout": "0.0",
+    "top_k": "10",
+    "test_num_ng": "99",
+}
+METRIC_REGEXES = {
+    "epoch": r"epoch=([0-9]+);",
+    "train:loss": r"loss=([0-9.]+);",
+    "validation:hr": r"val_hr=([0-9.]+);",
+    "validation:ndcg": r"val_ndcg=([0-9.]+);",
+    "test:hr": r" hr=([0-9.]+);",
+    "test:ndcg": r" ndcg=([0-9.]+);",
+}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> SageMakerTree:
+    t = SageMakerTree(tmp_path / "ml")
+    write_ratings_csv(t.channel("train") / "interactions.csv")
+    return t
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ hyperparameters
+
+
+def test_workshop_hyperparameters_are_accepted_plain_or_json_encoded():
+    opts = hyperparameters.parse(WORKSHOP_HPS | {"model": '"gmf"'})
+    c = opts.config
+    got = (c.epochs, c.lr, c.batch_size, c.factor, c.num_layers, c.num_neg, c.top_k, c.model)
+    assert got == (4, 0.01, 512, 8, 2, 4, 10, "gmf")
+    assert opts.num_eval_negatives == 99
+
+
+@pytest.mark.parametrize(
+    ("hps", "message"),
+    [
+        ({"lr": "abc"}, "hyperparameter lr='abc' is not a number"),
+        ({"epochs": "2.5"}, "hyperparameter epochs='2.5' is not an integer"),
+        ({"batch_size": '"many"'}, "batch_size='\"many\"' is not an integer"),
+        ({"lr": "-1"}, "lr must be a positive number"),
+        ({"model": "svd"}, "model must be one of gmf, mlp, neumf"),
+        ({"learning_rat": "0.1"}, "unknown hyperparameter(s) learning_rat"),
+        ({"validation": "maybe"}, "is not a boolean"),
+        ({"test_num_ng": "0"}, "test_num_ng=0 must be ≥ 1"),
+    ],
+)
+def test_invalid_hyperparameters_say_what_to_fix(hps, message):
+    with pytest.raises(ConfigError) as err:
+        hyperparameters.parse(hps)
+    assert message in str(err.value)
+
+
+def test_platform_keys_are_not_rejected():
+    opts = hyperparameters.parse({"sagemaker_region": '"us-east-1"', "sagemaker_mpi_enabled": "true"})
+    assert opts.platform == {"sagemaker_region": "us-east-1", "sagemaker_mpi_enabled": True}
+
+
+# ------------------------------------------------------------------------------------- whole program
+
+
+def test_train_writes_artifact_reports_metrics_and_checkpoints(tree: SageMakerTree):
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tree.channel("train").iterdir())
+    tree.write_config(WORKSHOP_HPS)
+    proc = tree.run_train()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    art = artifact.load(tree.model)
+    assert art.config.model == "neumf" and art.config.factor == 8
+    assert art.metrics["hr"] > 0.3
+    out = tree.output / "data"
+    history = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["hr"] == pytest.approx(art.metrics["hr"]) and report["world_size"] == 1
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name, regex in METRIC_REGEXES.items():
+        values = re.findall(regex, proc.stdout)
+        assert len(values) >= 2, (name, proc.stdout[-2000:])
+    assert list_checkpoints(tree.checkpoints)
+    assert not (tree.output / "failure").exists()
+    # The channel is input: nothing written into it.
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in tree.channel("train").iterdir()) == before
+
+
+def test_separate_test_channel_with_ncf_files(tree: SageMakerTree, tmp_path: Path):
+    prefix = write_ncf_files(tmp_path / "ncf" / "toy")
+    train, test = tree.channel("train"), tree.channel("test")
+    (train / "interactions.csv").unlink()
+    (train / "toy.train.rating").write_bytes(Path(f"{prefix}.train.rating").read_bytes())
+    for suffix in (".test.rating", ".test.negative"):
+        (test / f"toy{suffix}").write_bytes(Path(f"{prefix}{suffix}").read_bytes())
+    tree.write_config(WORKSHOP_HPS, channels=("train", "test"))
+    proc = tree.run_train()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert artifact.load(tree.model).config.num_users == 240
+
+
+def test_bad_hyperparameter_fails_before_work_with_readable_reason(tree: SageMakerTree):
+    tree.write_config({"lr": "abc", "epochs": "1"})
+    proc = tree.run_train()
+    assert proc.returncode == 1
+    assert (tree.output / "failure").read_text() == "hyperparameter lr='abc' is not a number"
+    assert not tree.model.exists() or not any(tree.model.iterdir())
+
+
+def test_missing_train_channel_fails(tree: SageMakerTree):
+    tree.write_config({"epochs": "1"}, channels=("test",))
+    proc = tree.run_train()
+    assert proc.returncode == 1
+    assert "'train' channel is required" in (tree.output / "failure").read_text()
+
+
+def test_malformed_data_names_file_and_line(tree: SageMakerTree):
+    (tree.channel("train") / "interactions.csv").write_text("user,item,timestamp\n1,2,3\n1,3,later\n")
+    tree.write_config({"epochs": "1"})
+    proc = tree.run_train()
+    failure = (tree.output / "failure").read_text()
+    assert proc.returncode == 1 and "interactions.csv, line 3" in failure and "timestamp" in failure
+
+
+def test_sigterm_checkpoints_and_the_rerun_resumes(tree: SageMakerTree):
+    hps = WORKSHOP_HPS | {"epochs": "40", "batch_size": "256"}
+    tree.write_config(hps)
+    proc = subprocess.Popen(
+        tree.command(), env=tree.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(tree.checkpoints) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list_checkpoints(tree.checkpoints), "no checkpoint appeared"
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143, out[-2000:]
+    assert time.monotonic() - t0 < 10
+    assert "stopped on request" in out
+    assert not (tree.output / "failure").exists()
+
+    tree.write_config(hps | {"epochs": "3"})  # finish sooner; epochs may change across a resume
+    rerun = tree.run_train()
+    assert rerun.returncode == 0, rerun.stdout[-2000:]
+    assert "resuming from" in rerun.stdout
+    history = json.loads((tree.output / "data" / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------------- distributed
+
+
+def test_two_ranks_on_one_host_match_single_process_quality(tree: SageMakerTree):
+    hps = WORKSHOP_HPS | {"epochs": "4"}
+    tree.write_config(hps)
+    two = tree.run_train(NCF_PROCS_PER_HOST="2", NCF_MASTER_PORT=str(free_port()))
+    assert two.returncode == 0, two.stdout[-3000:]
+    report = json.loads((tree.output / "data" / "evaluation.json").read_text())
+    assert report["world_size"] == 2
+    assert "rank 1/2 joining" in two.stdout
+    assert report["hr"] > 0.5
+
+
+def _two_host_trees(tmp_path: Path, hps: dict, mpi: bool) -> list[SageMakerTree]:
+    hosts = ("127.0.0.1", "localhost")  # resolvable names stand in for algo-1, algo-2
+    trees = []
+    for host in hosts:
+        t = SageMakerTree(tmp_path / host)
+        write_ratings_csv(t.channel("train") / "interactions.csv")
+        t.write_config(
+            hps | ({"sagemaker_mpi_enabled": "true"} if mpi else {}), hosts=hosts, current_host=host
+        )
+        trees.append(t)
+    return trees
+
+
+@pytest.mark.parametrize("mpi", [False, True])
+def test_two_hosts_from_resourceconfig_or_mpi(tmp_path: Path, mpi: bool):
+    trees = _two_host_trees(tmp_path, WORKSHOP_HPS | {"epochs": "3"}, mpi)
+    port = str(free_port())
+    procs = []
+    for rank, t in enumerate(trees):
+        env = t.env(NCF_MASTER_PORT=port)
+        if mpi:  # what mpirun would set
+            env |= {
+                "OMPI_COMM_WORLD_RANK": str(rank),
+                "OMPI_COMM_WORLD_SIZE": "2",
+                "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+            }
+        procs.append(
+            subprocess.Popen(
+                t.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    # Only rank 0 writes the artifact and the report.
+    assert artifact.is_artifact(trees[0].model) and not artifact.is_artifact(trees[1].model)
+    assert json.loads((trees[0].output / "data" / "evaluation.json").read_text())["world_size"] == 2
+
+
+# ----------------------------------------------------------------------------------------- script mode
+
+
+def test_script_mode_runs_the_users_script(tree: SageMakerTree, tmp_path: Path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "my_train.py").write_text(
+        "import json, os, sys\n"
+        "import ncf_core\n"
+        "out = os.path.join(os.environ['SM_MODEL_DIR'], 'seen.json')\n"
+        "os.makedirs(os.environ['SM_MODEL_DIR'], exist_ok=True)\n"
+        "json.dump({'argv': sys.argv[1:], 'train': os.environ['SM_CHANNEL_TRAIN'],\n"
+        "           'hps': json.loads(os.environ['SM_HPS'])}, open(out, 'w'))\n"
+    )
+    tree.write_config(
+        {
+            "sagemaker_program": '"my_train.py"',
+            "sagemaker_submit_directory": json.dumps(str(code)),
+            "my_own_option": '"x"',
+        }
+    )
+    proc = tree.run_train()
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    seen = json.loads((tree.model / "seen.json").read_text())
+    assert seen["argv"] == ["--my_own_option", "x"] and seen["hps"] == {"my_own_option": "x"}
+    assert seen["train"].endswith("input/data/train")
+
+
+def test_script_mode_failure_is_reported(tree: SageMakerTree, tmp_path: Path):
+    (tmp_path / "bad.py").write_text("raise SystemExit(3)\n")
+    tree.write_config({"sagemaker_submit_directory": json.dumps(str(tmp_path))})
+    proc = tree.run_train(SAGEMAKER_PROGRAM="bad.py")
+    assert proc.returncode == 1
+    assert (tree.output / "failure").read_text() == "user script bad.py exited with code 3"
