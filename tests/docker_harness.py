@@ -209,3 +209,23 @@ def wait_for_http(url: str, timeout: float = 60, container: str | None = None) -
             tail = f"\n{logs(container)}" if container else ""
             raise DockerError(f"{url} did not answer within {timeout} s ({error}){tail}")
         time.sleep(0.3)
+
+
+def ensure_wheelhouse() -> Path:
+    """Image builds install from ./wheelhouse (pip cannot verify TLS inside containers here): fill it once."""
+    wheelhouse = ROOT / "wheelhouse"
+    if not any(wheelhouse.glob("torch-*.whl")):
+        subprocess.run(["bash", str(ROOT / "scripts" / "wheelhouse.sh")], check=True, timeout=1800)
+    return wheelhouse
+
+
+TRAIN_IMAGE = "ncf-train:local"
+SERVE_IMAGE = "ncf-serve:local"
+
+
+def build_project_image(kind: str) -> str:
+    """Build containers/<kind>/Dockerfile (train or serve) on the local CI base; returns its tag."""
+    require_image(PYTHON_IMAGE)
+    ensure_wheelhouse()
+    tag = {"train": TRAIN_IMAGE, "serve": SERVE_IMAGE}[kind]
+    return build_image(ROOT / "containers" / kind / "Dockerfile", tag, ROOT, {"BASE_IMAGE": PYTHON_IMAGE})
