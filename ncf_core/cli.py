@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     dl = sub.add_parser("download", help="fetch a MovieLens zip from GroupLens and check its checksum")
     dl.add_argument("name", choices=("ml-100k", "ml-1m", "ml-20m"))
     dl.add_argument("--to", required=True, type=Path)
+    syn = sub.add_parser(
+        "synthetic", help="write a SYNTHETIC ratings CSV (planted groups) for offline trials"
+    )
+    syn.add_argument("--to", required=True, type=Path, help="CSV file to write")
+    syn.add_argument("--users", type=int, default=600)
+    syn.add_argument("--items", type=int, default=300)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -94,5 +100,10 @@ def _run(args: argparse.Namespace) -> int:
         from .download import download
 
         print(download(args.name, args.to))
+        return 0
+    if args.command == "synthetic":
+        from .synthetic import write_ratings_csv
+
+        print(write_ratings_csv(args.to, num_users=args.users, num_items=args.items, groups=10, per_user=20))
         return 0
     raise AssertionError(args.command)
