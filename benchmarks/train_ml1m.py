@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--lr-decay", type=float, default=None)
+    parser.add_argument("--weight-decay", type=float, default=None)
     parser.add_argument("--factor", type=int, default=32)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)

@@ -29,6 +29,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-neg", type=int, default=d.num_neg, help="training negatives per positive")
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--lr-decay", type=float, default=d.lr_decay, help="final lr = lr * this (linear decay)")
     p.add_argument("--patience", type=int, default=d.patience, help="early stop after N epochs without gain")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")

@@ -51,6 +51,7 @@ class TrainConfig:
     top_k: int = 10
     seed: int = 42
     weight_decay: float = 0.0
+    lr_decay: float = 1.0  # lr falls linearly to lr * lr_decay by the last step (1.0 = constant)
     patience: int = 0  # stop after this many epochs without validation gain (0 = never)
     device: str = "auto"
     pretrain_dir: str | None = None
@@ -66,6 +67,7 @@ class TrainConfig:
             (self.num_neg >= 1, f"num_neg must be ≥ 1, got {self.num_neg}"),
             (self.top_k >= 1, f"top_k must be ≥ 1, got {self.top_k}"),
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
+            (0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}"),
             (self.patience >= 0, f"patience must be ≥ 0, got {self.patience}"),
             (
                 0.0 <= self.pretrain_alpha <= 1.0,
@@ -265,6 +267,16 @@ class Trainer:
                 break
         return self.result(stopped)
 
+    def _set_lr(self, epoch: int, step: int, steps: int) -> None:
+        """Linear decay over the whole run, a function of the global step only (so resume-safe)."""
+        cfg = self.config
+        if cfg.lr_decay == 1.0:
+            return
+        progress = ((epoch - 1) * steps + step) / max(cfg.epochs * steps - 1, 1)
+        lr = cfg.lr * (1.0 - (1.0 - cfg.lr_decay) * min(progress, 1.0))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _any_rank(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any (ranks must agree on when to stop)."""
         if self.dist.world_size == 1:
@@ -291,6 +303,7 @@ class Trainer:
         steps = self.steps_per_epoch()
         for step in range(self.step_in_epoch, steps):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            self._set_lr(epoch, step, steps)
             logits = self.net(users[idx], items[idx])
             loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
             self.optimizer.zero_grad(set_to_none=True)

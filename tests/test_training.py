@@ -67,7 +67,7 @@ def strip_timing(history):
 
 @pytest.mark.parametrize("stop_after_calls", [3, 30])  # mid-epoch 1, mid-epoch 2
 def test_interrupted_run_resumes_to_the_same_result(planted, tmp_path: Path, stop_after_calls: int):
-    cfg = replace(FAST, epochs=3, dropout=0.2)  # dropout: the RNG stream must be restored too
+    cfg = replace(FAST, epochs=3, dropout=0.2, lr_decay=0.1)  # dropout RNG and lr schedule must resume
     full = train(planted, cfg, checkpoint_dir=tmp_path / "full")
 
     calls = {"n": 0}

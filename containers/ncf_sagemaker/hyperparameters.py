@@ -31,6 +31,7 @@ HYPERPARAMETERS: dict[str, tuple[str, type]] = {
     "top_k": ("top_k", int),
     "seed": ("seed", int),
     "weight_decay": ("weight_decay", float),
+    "lr_decay": ("lr_decay", float),
     "patience": ("patience", int),
     "device": ("device", str),
     "pretrain_alpha": ("pretrain_alpha", float),
