@@ -161,8 +161,9 @@ def read_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise AssertionError("unreachable") from exc
     if frame.empty:
         raise DataError("no data lines", path)
-    users = frame[0].to_numpy()
-    items = frame[1].to_numpy()
+    # Copies: pandas' copy-on-write hands out read-only arrays, which torch.from_numpy warns about.
+    users = frame[0].to_numpy(copy=True)
+    items = frame[1].to_numpy(copy=True)
     _check_nonnegative(path, users, items)
     return users, items
 

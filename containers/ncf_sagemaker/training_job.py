@@ -141,7 +141,15 @@ class Job:
                 reports.write_json(out / reports.METRICS_FILE, result.history)
                 reports.write_json(out / reports.REPORT_FILE, summary)
                 reports.write_learning_curve(out / reports.CURVE_FILE, result.history, result.best_epoch)
-                log.info("final: %s", " ".join(f"{k}={v};" for k, v in summary.items()))
+                # Scrapable like the epoch lines (so the job's final metrics are the kept epoch's), but
+                # without an "epoch=" field that the epoch regex would pick up.
+                final = {k: v for k, v in summary.items() if k not in ("best_epoch", "epochs_run")}
+                log.info(
+                    "final (kept epoch %d of %d): %s",
+                    result.best_epoch,
+                    summary["epochs_run"],
+                    " ".join(f"{k}={v};" for k, v in final.items()),
+                )
             return EXIT_OK
         finally:
             if world > 1:

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Create or update a SageMaker endpoint for our serving image: single or multi-model, canary, data capture.
+# All logic lives in scripts/ncf_launch/deploy.py (Python + boto3); run with --help for the options.
+# PYTHON selects the interpreter (default python3); it needs boto3 (pip install -e '.[aws]').
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python3}" -m ncf_launch deploy "$@"

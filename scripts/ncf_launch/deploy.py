@@ -1,0 +1,282 @@
+"""scripts/deploy.sh: create (or update in place) a SageMaker endpoint serving our serving image.
+
+    scripts/deploy.sh --endpoint ncf --training-job ncf-ml1m                       model of a finished job
+    scripts/deploy.sh --endpoint ncf --model-data s3://BUCKET/ncf/output/JOB/output/model.tar.gz
+    scripts/deploy.sh --endpoint ncf-mme --multi-model --model-data s3://BUCKET/ncf/models/
+    scripts/deploy.sh --endpoint ncf --training-job ncf-ml1m \\
+        --canary-training-job ncf-ml1m-v2 --canary-weight 0.1                    10 % of traffic to a canary
+    scripts/deploy.sh ... --data-capture s3://BUCKET/ncf/capture --capture-percent 20
+
+Creates a model per production variant (NAME-primary-TIMESTAMP, NAME-canary-TIMESTAMP) and an endpoint
+config (NAME-TIMESTAMP), then creates the endpoint, or, when it exists and is InService, updates it to the
+new config (SageMaker swaps the fleet without downtime; the previous config and models stay, for a rollback,
+until cleanup.sh). Waits until the endpoint is InService (exit 1 with its FailureReason if it fails).
+--image defaults to ncf-serve:latest in this account's ECR (checked to exist); --role-arn to
+$SAGEMAKER_ROLE_ARN.
+Multi-model: the container runs with SAGEMAKER_MULTI_MODEL=true, Mode=MultiModel, and ModelDataUrl is the S3
+prefix holding one model.tar.gz per model (invoke.sh --target-model NAME.tar.gz picks one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+
+from .common import (
+    SERVE_REPOSITORY,
+    STAMP_PATTERN,
+    Aws,
+    Failure,
+    UsageError,
+    check_bucket,
+    check_ecr_image,
+    check_name,
+    check_role_arn,
+    connect,
+    default_image,
+    error_code,
+    is_not_found,
+    key_values,
+    parse_s3_uri,
+    result,
+    run_main,
+    say,
+    show_request,
+    stamp,
+)
+
+VARIANTS = ("primary", "canary")
+# NAME-canary-20261123-164905-123 must fit SageMaker's 63 characters.
+MAX_ENDPOINT_NAME = 63 - len("-primary-") - len("20261123-164905-123")
+BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting", "UpdateRollbackFailed")
+POLL_SECONDS = 15
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deploy.sh",
+        description="Create or update a SageMaker endpoint for the ncf-serve image.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--endpoint", required=True, help=f"endpoint name (at most {MAX_ENDPOINT_NAME} characters)"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model-data", metavar="S3_URI", help="model.tar.gz (or, --multi-model, the S3 prefix)"
+    )
+    source.add_argument(
+        "--training-job", metavar="JOB", help="deploy the model of this completed training job"
+    )
+    p.add_argument(
+        "--multi-model", action="store_true", help="multi-model endpoint: --model-data is a prefix"
+    )
+    p.add_argument("--image", help="serving image URI (default: ncf-serve:latest in ECR)")
+    p.add_argument(
+        "--role-arn", default=os.environ.get("SAGEMAKER_ROLE_ARN"), help="IAM role (env SAGEMAKER_ROLE_ARN)"
+    )
+    p.add_argument("--instance-type", default="ml.m5.large", help="per variant (default ml.m5.large)")
+    p.add_argument("--instance-count", type=int, default=1, help="initial instances per variant (default 1)")
+    canary = p.add_mutually_exclusive_group()
+    canary.add_argument("--canary-model-data", metavar="S3_URI", help="second variant: this model")
+    canary.add_argument("--canary-training-job", metavar="JOB", help="second variant: this job's model")
+    p.add_argument("--canary-weight", type=float, help="share of traffic for the canary, 0 < W < 1")
+    p.add_argument("--canary-image", help="image of the canary (default: --image)")
+    p.add_argument("--data-capture", metavar="S3_URI", help="capture requests and responses here")
+    p.add_argument("--capture-percent", type=int, default=100, help="sampled share of requests (default 100)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="container environment")
+    p.add_argument("--no-wait", action="store_true", help="return once the create/update call is accepted")
+    p.add_argument("--timeout", type=int, default=3600, metavar="SECONDS", help="max wait (default 1 hour)")
+    p.add_argument("--region", help="AWS region (default: AWS_REGION / your profile)")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    check_name(args.endpoint, "--endpoint", MAX_ENDPOINT_NAME)
+    check_role_arn(args.role_arn)
+    has_canary = bool(args.canary_model_data or args.canary_training_job)
+    if has_canary != (args.canary_weight is not None):
+        raise UsageError("a canary needs both --canary-model-data/--canary-training-job and --canary-weight")
+    if args.canary_image and not has_canary:
+        raise UsageError("--canary-image needs a canary (--canary-model-data or --canary-training-job)")
+    if has_canary and not 0 < args.canary_weight < 1:
+        raise UsageError(f"--canary-weight must lie strictly between 0 and 1, got {args.canary_weight}")
+    if args.multi_model and (args.training_job or args.canary_training_job):
+        raise UsageError("--multi-model serves an S3 prefix of models: use --model-data s3://BUCKET/PREFIX/")
+    if args.instance_count < 1:
+        raise UsageError(f"--instance-count must be at least 1, got {args.instance_count}")
+    if not 0 < args.capture_percent <= 100:
+        raise UsageError(f"--capture-percent must lie in 1..100, got {args.capture_percent}")
+    for flag in ("model_data", "canary_model_data", "data_capture"):
+        if getattr(args, flag):
+            parse_s3_uri(getattr(args, flag), "--" + flag.replace("_", "-"))
+    key_values(args.env, "--env")
+
+
+def job_model_data(sm, job: str) -> str:
+    from botocore.exceptions import ClientError
+
+    try:
+        desc = sm.describe_training_job(TrainingJobName=job)
+    except ClientError as exc:
+        if is_not_found(exc):
+            raise UsageError(f"no training job named {job}") from None
+        raise
+    if desc["TrainingJobStatus"] != "Completed":
+        raise UsageError(
+            f"training job {job} is {desc['TrainingJobStatus']}, not Completed: nothing to deploy"
+        )
+    return desc["ModelArtifacts"]["S3ModelArtifacts"]
+
+
+def check_model_data(aws: Aws, uri: str, multi_model: bool) -> str:
+    """Fail early when a model.tar.gz is missing; a multi-model prefix only needs its bucket."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = parse_s3_uri(uri, "model data")
+    check_bucket(aws, bucket)
+    if multi_model:
+        return uri if uri.endswith("/") else uri + "/"
+    try:
+        aws.client("s3").head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if error_code(exc) in ("404", "NoSuchKey"):
+            raise UsageError(f"model data {uri} does not exist") from None
+        raise
+    return uri
+
+
+def endpoint_status(sm, name: str) -> str | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return sm.describe_endpoint(EndpointName=name)["EndpointStatus"]
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+def wait_for_endpoint(sm, name: str, timeout: float, poll: float = POLL_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    seen = None
+    while True:
+        desc = sm.describe_endpoint(EndpointName=name)
+        status = desc["EndpointStatus"]
+        if status != seen:
+            say(f"endpoint {name}: {status}")
+            seen = status
+        if status == "InService":
+            return
+        if status == "Failed":
+            raise Failure(f"endpoint {name} failed: {desc.get('FailureReason') or 'no FailureReason given'}")
+        if status not in BUSY:
+            raise Failure(f"endpoint {name} is {status}")
+        if time.monotonic() > deadline:
+            raise Failure(
+                f"endpoint {name} still {status} after {timeout:.0f} s (it goes on; re-check later)"
+            )
+        time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    def body() -> None:
+        # Checks: nothing is created or changed until all of them pass.
+        check_args(args)
+        env = key_values(args.env, "--env")
+        if args.multi_model:
+            env["SAGEMAKER_MULTI_MODEL"] = "true"
+        aws = connect(args.region)
+        sm = aws.client("sagemaker")
+
+        image = args.image or default_image(aws, SERVE_REPOSITORY)
+        if args.image:
+            check_ecr_image(aws, image)
+        variants = {"primary": (image, args.model_data or job_model_data(sm, args.training_job))}
+        if args.canary_model_data or args.canary_training_job:
+            canary_image = args.canary_image or image
+            if args.canary_image:
+                check_ecr_image(aws, canary_image)
+            variants["canary"] = (
+                canary_image,
+                args.canary_model_data or job_model_data(sm, args.canary_training_job),
+            )
+        variants = {
+            k: (img, check_model_data(aws, uri, args.multi_model)) for k, (img, uri) in variants.items()
+        }
+        if args.data_capture:
+            check_bucket(aws, parse_s3_uri(args.data_capture)[0])
+
+        status = endpoint_status(sm, args.endpoint)
+        if status in BUSY:
+            raise UsageError(f"endpoint {args.endpoint} is {status}: wait until it is InService, then re-run")
+        if status == "Failed":
+            raise UsageError(
+                f"endpoint {args.endpoint} is Failed: delete it (scripts/cleanup.sh), then re-run"
+            )
+        if status not in (None, "InService", "OutOfService"):
+            raise UsageError(f"endpoint {args.endpoint} is {status}: cannot update it")
+
+        # Models, endpoint config, then the endpoint (created, or updated in place).
+        suffix = stamp()
+        weights = {"primary": 1.0 - (args.canary_weight or 0.0), "canary": args.canary_weight}
+        production_variants = []
+        for variant, (variant_image, model_data) in variants.items():
+            container = {"Image": variant_image, "ModelDataUrl": model_data, "Environment": env}
+            if args.multi_model:
+                container["Mode"] = "MultiModel"
+            model_name = f"{args.endpoint}-{variant}-{suffix}"
+            model = {"ModelName": model_name, "ExecutionRoleArn": args.role_arn}
+            model["PrimaryContainer"] = container
+            show_request("CreateModel", model)
+            sm.create_model(**model)
+            production_variants.append(
+                {
+                    "VariantName": variant,
+                    "ModelName": model_name,
+                    "InstanceType": args.instance_type,
+                    "InitialInstanceCount": args.instance_count,
+                    "InitialVariantWeight": round(weights[variant], 6),
+                }
+            )
+        config = {
+            "EndpointConfigName": f"{args.endpoint}-{suffix}",
+            "ProductionVariants": production_variants,
+        }
+        if args.data_capture:
+            config["DataCaptureConfig"] = {
+                "EnableCapture": True,
+                "InitialSamplingPercentage": args.capture_percent,
+                "DestinationS3Uri": args.data_capture,
+                "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+                "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
+            }
+        show_request("CreateEndpointConfig", config)
+        sm.create_endpoint_config(**config)
+        if status is None:
+            say(f"CreateEndpoint {args.endpoint} with config {config['EndpointConfigName']}")
+            sm.create_endpoint(EndpointName=args.endpoint, EndpointConfigName=config["EndpointConfigName"])
+        else:
+            say(f"UpdateEndpoint {args.endpoint} ({status}) to config {config['EndpointConfigName']}")
+            sm.update_endpoint(EndpointName=args.endpoint, EndpointConfigName=config["EndpointConfigName"])
+        if args.no_wait:
+            say(f"not waiting: scripts/invoke.sh --endpoint {args.endpoint} works once it is InService")
+        else:
+            wait_for_endpoint(sm, args.endpoint, args.timeout)
+        result(args.endpoint)
+
+    return run_main("deploy", body)
+
+
+# Names this script gives (cleanup.sh deletes exactly these for an endpoint).
+def config_name_pattern(endpoint: str) -> str:
+    return rf"^{re.escape(endpoint)}-{STAMP_PATTERN}$"
+
+
+def model_name_pattern(endpoint: str) -> str:
+    return rf"^{re.escape(endpoint)}-({'|'.join(VARIANTS)})-{STAMP_PATTERN}$"
