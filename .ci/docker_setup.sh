@@ -49,12 +49,14 @@ stop_dockerd() {
 
 install_packages() {
     # docker.io = dockerd + containerd + runc + docker-proxy (+ iptables); mmdebstrap builds the rootfs.
-    if command -v dockerd >/dev/null && command -v mmdebstrap >/dev/null; then
+    # docker-compose (1.29): the serving tests bring docker-compose.yml up.
+    if command -v dockerd >/dev/null && command -v mmdebstrap >/dev/null && command -v docker-compose >/dev/null; then
         return 0
     fi
-    log "apt-get install docker.io mmdebstrap"
+    log "apt-get install docker.io mmdebstrap docker-compose"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io mmdebstrap >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        docker.io mmdebstrap docker-compose >/dev/null
 }
 
 start_dockerd() {

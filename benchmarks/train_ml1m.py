@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--lr-decay", type=float, default=None)
     parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--factor", type=int, default=32)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
@@ -70,7 +71,14 @@ def main() -> None:
     base = TrainConfig(factor=args.factor, num_layers=args.layers, seed=args.seed)
     overrides = {
         k: v
-        for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
+        for k, v in (
+            ("epochs", args.epochs),
+            ("batch_size", args.batch_size),
+            ("lr", args.lr),
+            ("lr_decay", args.lr_decay),
+            ("weight_decay", args.weight_decay),
+            ("dropout", args.dropout),
+        )
         if v is not None
     }
     stages = {}
@@ -100,10 +108,12 @@ def main() -> None:
     )
 
 
+# Pre-training (the paper's recipe with Adam everywhere): GMF and MLP trained apart, then NeuMF fine-tuned
+# from them with a small learning rate.
 PRETRAIN = {
-    "gmf": {"epochs": 12},
-    "mlp": {"epochs": 12},
-    "neumf": {"epochs": 6, "lr": 0.0005},
+    "gmf": {"epochs": 15, "lr": 0.01, "lr_decay": 0.1},
+    "mlp": {"epochs": 10, "lr": 0.006, "lr_decay": 0.1},
+    "neumf": {"epochs": 6, "lr": 0.0005, "lr_decay": 0.1},
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,412 @@
+"""The /invocations wire format: content negotiation, request validation and response encoding.
+
+Pure functions on bytes and plain objects (no web framework, no model), so the hot path can call them
+directly and every error case is testable without a server. Every client mistake raises ``BadRequest``
+(or 415/406) with a message naming the field and what is wrong with it.
+
+Request shapes (one JSON object; ``application/jsonlines`` carries one per line):
+
+- the seed workshop's pairs  ``{"user": [0, 0, ...], "item": [25, 1064, ...], "k": 10}``
+  → a bare JSON array of the top-``k`` item ids (``k`` optional, default 10)
+- top-K recommendations      ``{"users": [...], "k": 10, "candidates": [...], "exclude_seen": true}``
+  → ``{"recommendations": [{"user", "items", "scores", "fallback"}, ...]}``
+- pair scores                ``{"pairs": [[user, item], ...]}`` → ``{"scores": [...], "fallback": [...]}``
+
+``text/csv`` (batch transform) rows are ``user`` (recommendations; ``k``/``exclude_seen`` from the custom
+attributes header) or ``user,item`` (scores): one output row per input row, in order.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from .errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from .settings import DEFAULT_K
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+CSV = "text/csv"
+_JSONLINES_ALIASES = frozenset({JSONLINES, "application/jsonl", "application/x-jsonlines"})
+# What each request kind can answer in, default first. CSV answers only CSV requests: a JSON request may
+# hold many users, which has no one-row-per-record CSV form.
+_RESPONSE_TYPES: dict[str, tuple[str, ...]] = {
+    "json": (JSON,),
+    "jsonlines": (JSONLINES, JSON),
+    "csv": (CSV, JSONLINES, JSON),
+}
+Kind = Literal["json", "jsonlines", "csv"]
+
+_SEED_FIELDS = frozenset({"user", "item", "k"})
+_RECOMMEND_FIELDS = frozenset({"users", "k", "candidates", "exclude_seen"})
+_SCORE_FIELDS = frozenset({"pairs"})
+_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_ATTRIBUTE_SPLIT = re.compile(r"[;,]")
+_INT_ONLY = {int}
+
+
+# --------------------------------------------------------------------------------------------- queries
+@dataclass(frozen=True, slots=True)
+class TopItemsQuery:
+    """The workshop's request: score each (user, item) pair, answer the items of the best ``k`` pairs."""
+
+    users: list
+    items: list
+    k: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendQuery:
+    users: list
+    k: int
+    candidates: list | None
+    exclude_seen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreQuery:
+    users: list
+    items: list
+
+
+Query = TopItemsQuery | RecommendQuery | ScoreQuery
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What the default ``input_fn`` returns: the queries of one request and how they arrived.
+
+    ``kind == "csv"`` always holds exactly one query whose users (or pairs) are the rows.
+    """
+
+    queries: list[Query]
+    kind: Kind
+
+
+# --------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True, slots=True)
+class TopItemsResult:
+    items: list
+    fallback: bool  # the (single) user was unknown: items ranked by popularity
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendResult:
+    recommendations: list  # ncf_core.inference.Recommendation, one per user
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    users: list
+    items: list
+    scores: list[float]
+    fallback: list[bool]
+
+
+Result = TopItemsResult | RecommendResult | ScoreResult
+
+
+# --------------------------------------------------------------------------------------------- negotiation
+@functools.lru_cache(maxsize=256)
+def request_kind(content_type: str | None) -> Kind:
+    """The request body's format from its Content-Type (absent means JSON); anything else is a 415."""
+    if not content_type:
+        return "json"
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    charset = _param(params, "charset")
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(f"charset {charset!r} is not supported: send UTF-8")
+    if media == JSON:
+        return "json"
+    if media in _JSONLINES_ALIASES:
+        return "jsonlines"
+    if media == CSV:
+        return "csv"
+    raise UnsupportedMediaType(f"Content-Type {media!r} is not supported: use {JSON}, {JSONLINES} or {CSV}")
+
+
+@functools.lru_cache(maxsize=256)
+def response_type(accept: str | None, kind: Kind) -> str:
+    """The response media type for an Accept header (q-values and wildcards honoured), else 406."""
+    offered = _RESPONSE_TYPES[kind]
+    if not accept or not accept.strip():
+        return offered[0]
+    ranges = []
+    for position, part in enumerate(accept.split(",")):
+        media, _, params = part.partition(";")
+        media = media.strip().lower()
+        if not media:
+            continue
+        try:
+            q = float(_param(params, "q") or 1.0)
+        except ValueError:
+            q = 0.0
+        if q > 0:
+            ranges.append((-q, position, media))
+    for _, _, media in sorted(ranges):
+        if media in ("*/*", "*"):
+            return offered[0]
+        if media.endswith("/*"):
+            prefix = media[:-1]
+            for candidate in offered:
+                if candidate.startswith(prefix):
+                    return candidate
+        elif media in _JSONLINES_ALIASES and JSONLINES in offered:
+            return JSONLINES
+        elif media in offered:
+            return media
+    raise NotAcceptable(f"cannot answer in {accept!r}: this request can be answered in {', '.join(offered)}")
+
+
+def _param(params: str, name: str) -> str | None:
+    for item in params.split(";"):
+        key, _, value = item.partition("=")
+        if key.strip().lower() == name:
+            return value.strip().strip('"')
+    return None
+
+
+def custom_attributes(header: str | None) -> dict[str, str]:
+    """``X-Amzn-SageMaker-Custom-Attributes`` as ``key=value`` pairs split on ``;`` or ``,``.
+
+    The header is free-form by SageMaker's contract: parts that are not ``key=value`` are ignored.
+    """
+    out: dict[str, str] = {}
+    if header:
+        for part in _ATTRIBUTE_SPLIT.split(header):
+            key, sep, value = part.partition("=")
+            if sep and key.strip():
+                out[key.strip().lower()] = value.strip()
+    return out
+
+
+# --------------------------------------------------------------------------------------------- parsing
+def parse(body: bytes, kind: Kind, attributes: dict[str, str] | None = None) -> Batch:
+    """Validate a request body into a ``Batch``; raises ``BadRequest`` saying what is wrong."""
+    if kind == "json":
+        return Batch([parse_query(_loads(body, "body"))], "json")
+    if kind == "jsonlines":
+        return Batch(_parse_jsonlines(body), "jsonlines")
+    return Batch([_parse_csv(body, attributes or {})], "csv")
+
+
+def _loads(data: bytes, where: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{where} is not valid JSON: {exc}") from None
+
+
+def parse_query(doc: Any, where: str = "body") -> Query:
+    """One JSON request object → a query (the three shapes are told apart by their fields)."""
+    if not isinstance(doc, dict):
+        raise BadRequest(
+            f"{where} must be a JSON object with 'user' and 'item', 'users', or 'pairs'; "
+            f"got {_type_name(doc)}"
+        )
+    if "pairs" in doc:
+        _only(doc, _SCORE_FIELDS, "a pair-score", where)
+        users, items = _pairs(doc["pairs"], where)
+        return ScoreQuery(users, items)
+    if "users" in doc:
+        _only(doc, _RECOMMEND_FIELDS, "a recommendation", where)
+        candidates = doc.get("candidates")
+        exclude = doc.get("exclude_seen", True)
+        if not isinstance(exclude, bool):
+            raise BadRequest(f"{where}: 'exclude_seen' must be true or false, got {_type_name(exclude)}")
+        return RecommendQuery(
+            ids(doc["users"], "users", where),
+            _k(doc.get("k", DEFAULT_K), where),
+            None if candidates is None else ids(candidates, "candidates", where),
+            exclude,
+        )
+    if "user" in doc or "item" in doc:
+        _only(doc, _SEED_FIELDS, "a user/item pair", where)
+        if "user" not in doc or "item" not in doc:
+            raise BadRequest(f"{where}: 'user' and 'item' go together (two equal-length arrays of ids)")
+        users = ids(doc["user"], "user", where)
+        items = ids(doc["item"], "item", where)
+        if len(users) != len(items):
+            raise BadRequest(
+                f"{where}: 'user' has {len(users)} ids but 'item' has {len(items)}: they must pair up"
+            )
+        return TopItemsQuery(users, items, _k(doc.get("k", DEFAULT_K), where))
+    raise BadRequest(
+        f"{where} needs 'user' and 'item' (top items of pairs), 'users' (recommendations) or 'pairs' "
+        f"(scores); got fields {sorted(doc)}"
+    )
+
+
+def _only(doc: dict, allowed: frozenset[str], shape: str, where: str) -> None:
+    unknown = set(doc) - allowed
+    if unknown:
+        raise BadRequest(
+            f"{where}: unknown field(s) {sorted(unknown)}; {shape} request takes {sorted(allowed)}"
+        )
+
+
+def ids(value: Any, field: str, where: str = "body") -> list:
+    """A non-empty array of raw ids: non-negative integers or non-empty strings."""
+    if not isinstance(value, list):
+        raise BadRequest(f"{where}: '{field}' must be an array of ids, got {_type_name(value)}")
+    if not value:
+        raise BadRequest(f"{where}: '{field}' is empty")
+    # Fast path for the common all-integer array: C-level passes only (bool is not int here).
+    if set(map(type, value)) == _INT_ONLY and min(value) >= 0:
+        return value
+    for i, x in enumerate(value):
+        if type(x) is int:
+            if x < 0:
+                raise BadRequest(f"{where}: {field}[{i}] is {x}: ids are never negative")
+        elif isinstance(x, str):
+            if not x.strip():
+                raise BadRequest(f"{where}: {field}[{i}] is an empty string")
+        else:
+            raise BadRequest(f"{where}: {field}[{i}] must be an integer or string id, got {_type_name(x)}")
+    return value
+
+
+def _k(value: Any, where: str) -> int:
+    if type(value) is not int:
+        raise BadRequest(f"{where}: 'k' must be an integer, got {_type_name(value)}")
+    if value < 1:
+        raise BadRequest(f"{where}: 'k' must be ≥ 1, got {value}")
+    return value
+
+
+def _pairs(value: Any, where: str) -> tuple[list, list]:
+    if not isinstance(value, list):
+        raise BadRequest(f"{where}: 'pairs' must be an array of [user, item] arrays, got {_type_name(value)}")
+    if not value:
+        raise BadRequest(f"{where}: 'pairs' is empty")
+    users, items = [], []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise BadRequest(f"{where}: pairs[{i}] must be a [user, item] array, got {_short(pair)}")
+        users.append(pair[0])
+        items.append(pair[1])
+    return ids(users, "pairs[*][0]", where), ids(items, "pairs[*][1]", where)
+
+
+def _parse_jsonlines(body: bytes) -> list[Query]:
+    queries = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if line.strip():
+            where = f"line {number}"
+            queries.append(parse_query(_loads(line, where), where))
+    if not queries:
+        raise BadRequest("the jsonlines body holds no records")
+    return queries
+
+
+def _parse_csv(body: bytes, attributes: dict[str, str]) -> Query:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the CSV body is not UTF-8 text: {exc}") from None
+    try:
+        rows = [[field.strip() for field in row] for row in csv.reader(io.StringIO(text))]
+    except csv.Error as exc:
+        raise BadRequest(f"the CSV body is malformed: {exc}") from None
+    rows = [row for row in rows if any(row)]
+    if not rows:
+        raise BadRequest("the CSV body holds no records")
+    width = len(rows[0])
+    if width not in (1, 2):
+        raise BadRequest(f"CSV row 1 has {width} fields: rows are 'user' (recommend) or 'user,item' (score)")
+    columns: list[list] = [[] for _ in range(width)]
+    for number, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise BadRequest(f"CSV row {number} has {len(row)} fields, row 1 has {width}: rows must agree")
+        for column, field in zip(columns, row, strict=True):
+            column.append(int(field) if _CANONICAL_INT.fullmatch(field) else field)
+    if width == 2:
+        return ScoreQuery(ids(columns[0], "user", "CSV"), ids(columns[1], "item", "CSV"))
+    k = attributes.get("k")
+    exclude = attributes.get("exclude_seen", "true").lower()
+    if exclude not in ("true", "false"):
+        raise BadRequest(f"custom attribute exclude_seen={exclude!r} must be true or false")
+    if k is not None and not _CANONICAL_INT.fullmatch(k):
+        raise BadRequest(f"custom attribute k={k!r} is not an integer")
+    return RecommendQuery(
+        ids(columns[0], "user", "CSV"), _k(DEFAULT_K if k is None else int(k), "CSV"), None, exclude == "true"
+    )
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {_short(value)}"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --------------------------------------------------------------------------------------------- encoding
+def document(result: Result) -> Any:
+    """A result as the JSON value one request gets back."""
+    if isinstance(result, TopItemsResult):
+        return result.items
+    if isinstance(result, RecommendResult):
+        return {"recommendations": [r.as_dict() for r in result.recommendations]}
+    return {"scores": result.scores, "fallback": result.fallback}
+
+
+def _row_documents(result: Result) -> list:
+    """A CSV request's result as one JSON value per input row."""
+    if isinstance(result, RecommendResult):
+        return [r.as_dict() for r in result.recommendations]
+    if isinstance(result, ScoreResult):
+        return [
+            {"user": u, "item": i, "score": s, "fallback": f}
+            for u, i, s, f in zip(result.users, result.items, result.scores, result.fallback, strict=True)
+        ]
+    raise TypeError(f"a CSV request cannot produce {type(result).__name__}")
+
+
+def encode(results: list[Result], kind: Kind, accept: str) -> bytes:
+    """Serialise results for ``accept`` (already negotiated by ``response_type``)."""
+    if kind == "csv":
+        if accept == CSV:
+            return _csv_rows(results[0])
+        rows = _row_documents(results[0])
+        if accept == JSONLINES:
+            return b"".join(orjson.dumps(row) + b"\n" for row in rows)
+        return orjson.dumps(rows)
+    docs = [document(r) for r in results]
+    if accept == JSONLINES:
+        return b"".join(orjson.dumps(doc) + b"\n" for doc in docs)
+    return orjson.dumps(docs[0] if kind == "json" else docs)
+
+
+def _csv_rows(result: Result) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if isinstance(result, RecommendResult):
+        for r in result.recommendations:
+            writer.writerow(r.items)
+    elif isinstance(result, ScoreResult):
+        for score in result.scores:
+            writer.writerow([repr(float(score))])
+    else:
+        raise TypeError(f"a CSV request cannot produce {type(result).__name__}")
+    return out.getvalue().encode()

@@ -1,0 +1,121 @@
+"""Every serving knob, read once from the environment into a frozen dataclass.
+
+SageMaker's own names (``SAGEMAKER_*``) live in ``ncf_sagemaker.platform``; the ``NCF_*`` names here are
+ours. ``serve`` resolves them once in the gunicorn master; the workers inherit that object through the fork,
+so every process of a server sees exactly the same values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import platform
+
+THREADS_ENV = "NCF_SERVER_THREADS"
+TORCH_THREADS_ENV = "NCF_TORCH_THREADS"
+ACCESS_LOG_ENV = "NCF_ACCESS_LOG"
+LOG_LEVEL_ENV = "NCF_LOG_LEVEL"
+MME_BUDGET_ENV = "NCF_MME_MEMORY_BUDGET_MB"
+MME_STATE_DIR_ENV = "NCF_MME_STATE_DIR"
+MAX_CONCURRENT_TRANSFORMS_ENV = "NCF_MAX_CONCURRENT_TRANSFORMS"
+BIND_HOST_ENV = "NCF_BIND_HOST"
+INLINE_PAIRS_ENV = "NCF_INLINE_PAIRS"
+DEFAULT_INLINE_PAIRS = 20_000
+
+DEFAULT_TIMEOUT_S = 60
+DEFAULT_THREADS = 4
+DEFAULT_K = 10
+ACCESS_LOG_MODES = ("all", "errors", "off")
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value serving cannot use; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be ≥ {minimum}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def total_memory_mb() -> int:
+    """Physical memory, capped by a cgroup v2 limit when the container has one."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit) // 2**20)
+    except OSError:
+        pass
+    return int(total)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    workers: int
+    threads: int
+    torch_threads: int
+    timeout_s: int
+    max_payload_bytes: int
+    multi_model: bool
+    model_dir: Path
+    mme_memory_budget_mb: int
+    mme_state_dir: Path | None
+    access_log: str
+    log_level: str
+    max_concurrent_transforms: int
+    inline_pairs: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read ``os.environ`` (paths through ``platform``, so ``SAGEMAKER_BASE_DIR`` applies)."""
+        env = os.environ
+        # One worker process (one model copy) by default: its event loop already beats the targets on 2
+        # cores (containers/serve/README.md); more workers add throughput and a model copy each.
+        workers = _int(env, platform.MODEL_SERVER_WORKERS_ENV, 1)
+        access_log = env.get(ACCESS_LOG_ENV, "all").strip().lower() or "all"
+        if access_log not in ACCESS_LOG_MODES:
+            raise SettingsError(
+                f"{ACCESS_LOG_ENV}={access_log!r} must be one of {', '.join(ACCESS_LOG_MODES)}"
+            )
+        threads = _int(env, THREADS_ENV, DEFAULT_THREADS)
+        state_dir = env.get(MME_STATE_DIR_ENV, "").strip()
+        return cls(
+            host=env.get(BIND_HOST_ENV, "0.0.0.0").strip() or "0.0.0.0",
+            port=_int(env, platform.BIND_TO_PORT_ENV, platform.DEFAULT_PORT),
+            workers=workers,
+            threads=threads,
+            torch_threads=_int(env, TORCH_THREADS_ENV, 1),
+            timeout_s=_int(env, platform.MODEL_SERVER_TIMEOUT_ENV, DEFAULT_TIMEOUT_S),
+            max_payload_bytes=_int(env, platform.MAX_PAYLOAD_IN_MB_ENV, platform.DEFAULT_MAX_PAYLOAD_IN_MB)
+            * 2**20,
+            multi_model=_bool(env, platform.MULTI_MODEL_ENV),
+            model_dir=platform.model_dir(),
+            mme_memory_budget_mb=_int(env, MME_BUDGET_ENV, total_memory_mb() // 2),
+            mme_state_dir=Path(state_dir) if state_dir else None,
+            access_log=access_log,
+            log_level=(env.get(LOG_LEVEL_ENV, "info").strip() or "info").lower(),
+            max_concurrent_transforms=_int(env, MAX_CONCURRENT_TRANSFORMS_ENV, workers * threads),
+            inline_pairs=_int(env, INLINE_PAIRS_ENV, DEFAULT_INLINE_PAIRS, minimum=0),
+        )

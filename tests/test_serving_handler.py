@@ -1,0 +1,216 @@
+"""The model side of serving without HTTP: the numpy fast path against ``Recommender``, the default
+handler's three request shapes, user overrides from ``code/inference.py``, and model health."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from ncf_sagemaker.serving import handler as handler_module
+from ncf_sagemaker.serving import protocol
+from ncf_sagemaker.serving.errors import BadRequest, ServiceUnavailable
+from ncf_sagemaker.serving.fastpath import FastScorer
+from ncf_sagemaker.serving.handler import Context, ServingModel, load_handler
+from ncf_sagemaker.serving.model import FAILED, READY, ServedModel
+
+from ncf_core.errors import UnknownIdError
+from ncf_core.inference import Recommender
+from tests.test_serving_support import copy_model, group_of_item, group_of_user, trained_artifact
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return trained_artifact(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def rec(model_dir):
+    return Recommender.load(model_dir)
+
+
+@pytest.fixture(scope="module")
+def fast(rec):
+    scorer = FastScorer.build(rec)
+    assert scorer is not None
+    return scorer
+
+
+def ctx() -> Context:
+    return Context(request_id="test")
+
+
+# --------------------------------------------------------------------------------------------- fast path
+def test_fast_scores_equal_recommender_for_every_pair(rec, fast):
+    users = np.repeat(np.arange(len(rec.users)), rec.num_items)
+    items = np.tile(np.arange(rec.num_items), len(rec.users))
+    expected = np.asarray(rec.score(rec.users.raw(users), rec.items.raw(items)))
+    np.testing.assert_allclose(fast.scores_pairs(users, items), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        fast.scores(3), rec.score([rec.users.ids[3]] * rec.num_items, rec.items.ids), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+@pytest.mark.parametrize("with_candidates", [True, False])
+def test_fast_recommend_equals_recommender(rec, fast, exclude_seen, with_candidates):
+    candidates = rec.items.ids[::3] if with_candidates else None
+    cand_idx = None if candidates is None else fast.items.many(candidates)
+    for user in rec.users.ids:
+        want = rec.recommend(user, 7, candidates, exclude_seen)
+        got = fast.recommend(user, 7, cand_idx, exclude_seen)
+        assert got.items == want.items, user
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+        assert got.fallback is False
+
+
+def test_fast_top_items_equal_recommender_and_unknown_ids(rec, fast):
+    items = rec.items.ids[5:45]
+    for user in rec.users.ids[:40]:
+        assert fast.top_items(user, items, 10) == rec.recommend(user, 10, items, exclude_seen=False).items
+    assert fast.top_items(10**6, items, 10) is None  # unknown user: the caller's fallback
+    with pytest.raises(UnknownIdError, match="unknown item id 999"):
+        fast.top_items(rec.users.ids[0], [*items, 999], 10)
+    with pytest.raises(UnknownIdError, match="unknown item id 18446744073709551615"):
+        fast.top_items(rec.users.ids[0], [2**64 - 1], 10)
+
+
+def test_a_fast_path_that_disagrees_with_the_model_is_not_used(rec, monkeypatch, caplog):
+    original = FastScorer._mlp
+    monkeypatch.setattr(FastScorer, "_mlp", lambda self, h: original(self, h) * 1.01)
+    assert FastScorer.build(rec) is None
+    assert "fast path disabled" in caplog.text
+
+
+# ----------------------------------------------------------------------------------- default handler
+@pytest.mark.parametrize("use_fast", [True, False])
+def test_default_pipeline_answers_all_three_shapes_from_the_model(rec, fast, use_fast):
+    model = ServingModel(rec, fast if use_fast else None)
+    user = rec.users.ids[0]
+    items = rec.items.ids[:30]
+    batch = protocol.Batch(
+        [
+            protocol.TopItemsQuery([user] * len(items), items, 5),
+            protocol.RecommendQuery([user, 10**6], 4, None, True),
+            protocol.ScoreQuery([user, 10**6], [items[0], items[1]]),
+        ],
+        "jsonlines",
+    )
+    top, recs, scores = handler_module.predict_fn(batch, model).results
+    assert top.items == rec.recommend(user, 5, items, exclude_seen=False).items and not top.fallback
+    mine, unknown = recs.recommendations
+    assert [group_of_item(i) for i in mine.items] == [group_of_user(user)] * 4
+    assert not set(mine.items) & set(rec.items.raw(rec.seen(0)))
+    assert unknown.fallback and unknown.items == rec.recommend(10**6, 4).items
+    assert scores.fallback == [False, True]
+    assert scores.scores[0] == pytest.approx(rec.score([user], [items[0]])[0], abs=1e-6)
+    popular = rec.recommend(10**6, 1, [items[1]], exclude_seen=False)
+    assert scores.scores[1] == pytest.approx(popular.scores[0])
+
+
+@pytest.mark.parametrize("use_fast", [True, False])
+def test_seed_shape_with_mixed_users_ranks_all_pairs(rec, fast, use_fast):
+    model = ServingModel(rec, fast if use_fast else None)
+    users = [rec.users.ids[0]] * 3 + [rec.users.ids[1]] * 3
+    items = rec.items.ids[:6]
+    result = model.top_items(protocol.TopItemsQuery(users, items, 6))
+    expected = np.asarray(rec.score(users, items))
+    assert result.items == [items[i] for i in np.argsort(-expected, kind="stable")]
+
+
+def test_k_beyond_the_catalogue_and_unknown_items_are_client_errors(rec, fast):
+    model = ServingModel(rec, fast)
+    with pytest.raises(BadRequest, match=f"only {rec.num_items} items"):
+        model.recommend(protocol.RecommendQuery([1], rec.num_items + 1, None, True))
+    with pytest.raises(UnknownIdError):
+        model.score(protocol.ScoreQuery([1], [424242]))
+
+
+def test_output_fn_flags_the_fallback_of_the_seed_shape_in_a_header(rec, fast):
+    model = ServingModel(rec, fast)
+    batch = protocol.Batch([protocol.TopItemsQuery([10**6, 10**6], rec.items.ids[:2], 1)], "json")
+    body, media, headers = handler_module.output_fn(handler_module.predict_fn(batch, model), "*/*")
+    assert (media, headers) == ("application/json", (("X-Ncf-Fallback", "true"),))
+    assert orjson.loads(body) == [
+        max(rec.items.ids[:2], key=lambda i: rec.artifact.item_popularity[rec.items.get(i)])
+    ]
+
+
+# --------------------------------------------------------------------------------------------- overrides
+OVERRIDE = """
+import json
+
+def input_fn(request_body, content_type, context):
+    assert content_type == "application/x-ncf-test", content_type
+    if request_body == b"bad":
+        raise ValueError("custom input_fn says the body is bad")
+    return {"user": int(request_body), "attrs": context.custom_attributes}
+
+def predict_fn(data, model):
+    if data["user"] == 0:
+        raise RuntimeError("a bug in user code")
+    rec = model.recommender.recommend(data["user"], 2)
+    return {"items": rec.items, "attrs": data["attrs"]}
+
+def output_fn(prediction, accept):
+    return json.dumps(prediction), "application/x-ncf-out"
+"""
+
+
+def test_user_code_overrides_some_steps_and_gets_the_context(model_dir, tmp_path, rec):
+    model = ServedModel(copy_model(model_dir, tmp_path / "m", OVERRIDE), module_name="t_override")
+    assert model.load() and model.state == READY
+    assert model.handler.overridden == {"input_fn", "predict_fn", "output_fn"}
+    assert model.handler.model_fn is handler_module.model_fn
+    context = Context(request_id="r1", custom_attributes="k=2")
+    reply = model.invoke(b"1", "application/x-ncf-test", None, context)
+    assert reply.content_type == "application/x-ncf-out"
+    assert orjson.loads(reply.body) == {"items": rec.recommend(1, 2).items, "attrs": "k=2"}
+    with pytest.raises(BadRequest, match="custom input_fn says the body is bad"):
+        model.invoke(b"bad", "application/x-ncf-test", None, context)
+    with pytest.raises(RuntimeError, match="a bug in user code"):
+        model.invoke(b"0", "application/x-ncf-test", None, context)
+
+
+def test_custom_model_fn_without_warmup_is_ready_when_it_returns(model_dir, tmp_path):
+    code = "def model_fn(model_dir):\n    return {'dir': model_dir}\n"
+    handler = load_handler(copy_model(model_dir, tmp_path / "m", code), "t_model_fn")
+    assert handler.overridden == {"model_fn"} and handler.warmup_fn is None
+    assert handler.model_fn("x") == {"dir": "x"}
+
+
+def test_broken_user_code_fails_the_model_with_the_reason(model_dir, tmp_path):
+    model = ServedModel(
+        copy_model(model_dir, tmp_path / "m", "import no_such_module_here\n"), module_name="t_bad"
+    )
+    assert model.load() is False and model.state == FAILED
+    status, message = model.health()
+    assert status == 503 and "No module named 'no_such_module_here'" in message
+    with pytest.raises(ServiceUnavailable, match="no_such_module_here"):
+        model.invoke(b"{}", "application/json", None, ctx())
+
+
+def test_missing_or_corrupt_artifact_fails_with_the_reason(model_dir, tmp_path):
+    empty = ServedModel(tmp_path / "nothing")
+    empty.load()
+    assert empty.health()[0] == 503 and "not an ncf_core model directory" in empty.health()[1]
+    corrupt = copy_model(model_dir, tmp_path / "corrupt")
+    (corrupt / "model.pt").write_bytes(b"garbage")
+    model = ServedModel(corrupt)
+    model.load()
+    assert model.state == FAILED and "corrupted" in model.health()[1]
+
+
+def test_health_is_503_until_warm_up_succeeded(model_dir, monkeypatch):
+    calls = []
+
+    def failing_warmup(model):
+        calls.append(model)
+        raise RuntimeError("warm-up prediction failed")
+
+    model = ServedModel(model_dir)
+    assert model.health()[0] == 503 and "loading" in model.health()[1]
+    handler = handler_module.Handler(warmup_fn=failing_warmup)
+    monkeypatch.setattr("ncf_sagemaker.serving.model.load_handler", lambda *a: handler)
+    model.load()
+    assert calls and model.health() == (503, model.error)
+    assert "warm-up prediction failed" in model.error
