@@ -38,20 +38,21 @@ KEEP_CHECKPOINTS = 2
 
 @dataclass
 class TrainConfig:
-    """Training settings; defaults reach paper-level HR@10 on ML-1M in about a minute on 2 CPU cores."""
+    """Training settings. Defaults (tuned on ML-1M, NeuMF-32): large batches with a higher, linearly decayed
+    learning rate and a little L2 — about 7.5 s an epoch on 2 CPU cores (see README for the figures)."""
 
     model: str = "neumf"
     factor: int = 32
     num_layers: int = 3
     dropout: float = 0.0
     epochs: int = 12
-    batch_size: int = 16384
-    lr: float = 0.004
+    batch_size: int = 32768
+    lr: float = 0.01
     num_neg: int = 4
     top_k: int = 10
     seed: int = 42
-    weight_decay: float = 0.0
-    lr_decay: float = 1.0  # lr falls linearly to lr * lr_decay by the last step (1.0 = constant)
+    weight_decay: float = 1e-6
+    lr_decay: float = 0.1  # lr falls linearly to lr * lr_decay by the last step (1.0 = constant)
     patience: int = 0  # stop after this many epochs without validation gain (0 = never)
     device: str = "auto"
     pretrain_dir: str | None = None
