@@ -177,15 +177,21 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(tree: SageMakerTree):
 # ----------------------------------------------------------------------------------------- distributed
 
 
-def test_two_ranks_on_one_host_match_single_process_quality(tree: SageMakerTree):
-    hps = WORKSHOP_HPS | {"epochs": "4"}
-    tree.write_config(hps)
+def test_two_ranks_on_one_host_match_single_process_quality(tree: SageMakerTree, tmp_path: Path):
+    # Same global batch: one process of 512, or two ranks of 256 whose gradients are averaged.
+    single = SageMakerTree(tmp_path / "single")
+    write_ratings_csv(single.channel("train") / "interactions.csv")
+    single.write_config(WORKSHOP_HPS | {"epochs": "6"})
+    assert single.run_train().returncode == 0
+    one = json.loads((single.output / "data" / "evaluation.json").read_text())
+
+    tree.write_config(WORKSHOP_HPS | {"epochs": "6", "batch_size": "256"})
     two = tree.run_train(NCF_PROCS_PER_HOST="2", NCF_MASTER_PORT=str(free_port()))
     assert two.returncode == 0, two.stdout[-3000:]
     report = json.loads((tree.output / "data" / "evaluation.json").read_text())
-    assert report["world_size"] == 2
+    assert report["world_size"] == 2 and one["world_size"] == 1
     assert "rank 1/2 joining" in two.stdout
-    assert report["hr"] > 0.5
+    assert report["hr"] > 0.4 and report["hr"] > one["hr"] - 0.1, (report, one)
 
 
 def _two_host_trees(tmp_path: Path, hps: dict, mpi: bool) -> list[SageMakerTree]:

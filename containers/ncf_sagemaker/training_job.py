@@ -112,6 +112,11 @@ class Job:
                 p.backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30)
             )
             config.device = p.device(local_rank)
+            if not p.use_cuda and p.procs_per_host > 1:
+                import torch
+
+                # Several CPU workers share the host's cores: no oversubscription.
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // p.procs_per_host))
         try:
             data = load_job_data(self.options)
             history: list[dict[str, Any]] = []
@@ -153,8 +158,9 @@ class Job:
             return EXIT_OK
         finally:
             if world > 1:
-                import torch.distributed as torch_dist
-
+                if sys.exc_info()[0] is None:
+                    # Leave together: a rank tearing gloo down while another still uses it aborts.
+                    torch_dist.barrier()
                 torch_dist.destroy_process_group()
 
 
