@@ -45,10 +45,10 @@ class TrainConfig:
     factor: int = 32
     num_layers: int = 3
     dropout: float = 0.0
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 32768
     lr: float = 0.01
-    num_neg: int = 4
+    num_neg: int = 5  # the paper's 3-6 range; 5 beat 4 on ML-1M at equal wall time
     top_k: int = 10
     seed: int = 42
     weight_decay: float = 1e-6

@@ -13,6 +13,7 @@ from ncf_core.evaluation import evaluate_scores
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig
 from tests.conftest import ROOT, require_file, shared_data_dir
+from tests.synthetic import SMALL_DATA
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -72,7 +73,9 @@ def test_invalid_option_exits_2(ratings_csv: Path, tmp_path: Path):
 def test_movielens_100k_beats_popularity(tmp_path: Path):
     udata = require_file(shared_data_dir() / "ml-100k" / "u.data")
     data = ncf_data.load(udata, seed=0)
-    result = train_to_artifact(data, TrainConfig(epochs=4, batch_size=4096, lr=0.005), tmp_path / "m")
+    result = train_to_artifact(
+        data, TrainConfig(epochs=4, batch_size=4096, lr=0.005, **SMALL_DATA), tmp_path / "m"
+    )
     pop = np.bincount(data.train_items, minlength=data.num_items).astype(float)
     popularity = evaluate_scores(pop[data.test.items], pop[data.test.negatives], 10)
     assert result.test.hr > popularity.hr + 0.05, (result.test, popularity)

@@ -30,7 +30,7 @@ import pytest
 from ncf_core import data as ncf_data
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig
-from tests.synthetic import write_ratings_csv
+from tests.synthetic import SMALL_DATA, write_ratings_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = 6  # tests.synthetic's default: user u and item i share a group when u % 6 == i % 6
@@ -56,7 +56,9 @@ def trained_artifact(base: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     csv = write_ratings_csv(base / "serving-ratings.csv")
     data = ncf_data.load(csv, seed=0)
-    config = TrainConfig(epochs=6, batch_size=512, factor=8, num_layers=2, lr=0.01, seed=0, device="cpu")
+    config = TrainConfig(
+        epochs=6, batch_size=512, factor=8, num_layers=2, lr=0.01, seed=0, device="cpu", **SMALL_DATA
+    )
     train_to_artifact(data, config, tmp)
     tmp.rename(model_dir)
     return model_dir
