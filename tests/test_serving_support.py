@@ -34,16 +34,9 @@ from tests.synthetic import SMALL_DATA, write_ratings_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = 6  # tests.synthetic's default: user u and item i share a group when u % 6 == i % 6
-# The seed workshop's request, as its notebook printed it: user 0 against 100 items of ML-1M (NCF files).
-SEED_ITEMS = [
-    25, 1064, 174, 2791, 3373, 269, 2678, 1902, 3641, 1216, 915, 3672, 2803, 2344, 986, 3217, 2824, 2598, 464,
-    2340, 1952, 1855, 1353, 1547, 3487, 3293, 1541, 2414, 2728, 340, 1421, 1963, 2545, 972, 487, 3463, 2727,
-    1135, 3135, 128, 175, 2423, 1974, 2515, 3278, 3079, 1527, 2182, 1018, 2800, 1830, 1539, 617, 247, 3448,
-    1699, 1420, 2487, 198, 811, 1010, 1423, 2840, 1770, 881, 1913, 1803, 1734, 3326, 1617, 224, 3352, 1869,
-    1182, 1331, 336, 2517, 1721, 3512, 3656, 273, 1026, 1991, 2190, 998, 3386, 3369, 185, 2822, 864, 2854,
-    3067, 58, 2551, 2333, 2688, 3703, 1300, 1924, 3118,
-]  # fmt: skip
-SEED_PAYLOAD = {"user": [0] * len(SEED_ITEMS), "item": SEED_ITEMS}
+# The seed workshop's request (user 0 against 100 ML-1M items): one copy, shared with scripts/invoke.sh.
+SEED_PAYLOAD = json.loads((ROOT / "scripts" / "payloads" / "seed.json").read_text())
+SEED_ITEMS = SEED_PAYLOAD["item"]
 
 
 # --------------------------------------------------------------------------------------------- artifact
