@@ -31,7 +31,8 @@ log = logging.getLogger("ncf_sagemaker.train")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_STOPPED = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
-FAILURE_LIMIT = 1024  # SageMaker keeps the first 1024 characters as FailureReason
+FAILURE_LIMIT = 1024
+_hard_exit = False  # SageMaker keeps the first 1024 characters as FailureReason
 
 
 def read_json(path: Path, default: Any) -> Any:
@@ -96,6 +97,7 @@ class Job:
         self.placement = placement
         self.channels = channels
         self.stop: threading.Event | None = None  # made per process (an Event cannot be pickled to workers)
+        self.hard_exit = False  # set after a distributed run: skip C++ destructors at exit
 
     def run_rank(self, local_rank: int) -> int:
         p = self.placement
@@ -162,6 +164,9 @@ class Job:
                     # Leave together: a rank tearing gloo down while another still uses it aborts.
                     torch_dist.barrier()
                 torch_dist.destroy_process_group()
+                # gloo's C++ teardown at interpreter exit can still abort ("terminate called without an
+                # active exception", exit -6) once the peer has gone; everything is written, so leave now.
+                self.hard_exit = True
 
 
 def _spawned_worker(local_rank: int, job: Job) -> None:
@@ -239,13 +244,20 @@ def _run() -> int:
                 write_failure(f"a training worker exited with code {exc.exit_code}")
             return EXIT_FAILED
         return EXIT_OK
-    return job.run_rank(placement.mpi_local_rank or 0)
+    code = job.run_rank(placement.mpi_local_rank or 0)
+    global _hard_exit
+    _hard_exit = job.hard_exit
+    return code
 
 
 def main() -> int:
     _configure_logging()
     code = _guarded(_run)
     sys.stdout.flush()
+    if _hard_exit:
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
