@@ -34,8 +34,22 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--pretrain-dir", help="directory with gmf/ and mlp/ artifacts to initialise NeuMF")
-    p.add_argument("--pretrain-alpha", type=float, default=d.pretrain_alpha)
+    p.add_argument(
+        "--pretrain-alpha",
+        type=_alpha,
+        default=d.pretrain_alpha,
+        help="GMF weight in the pre-trained NeuMF, 0-1, or auto (default: picked on validation)",
+    )
     p.add_argument("--min-rating", type=float, help="raw data: keep ratings ≥ this as interactions")
+
+
+def _alpha(text: str) -> float | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number in [0, 1] nor auto") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import artifact
+from . import artifact, pretraining
 from . import data as ncf_data
 from .errors import ConfigError
 from .evaluation import evaluate
-from .models import NCF, neumf_from_pretrained
+from .models import NCF
 from .training import Distributed, EpochReport, TrainConfig, Trainer, TrainResult
 
 log = logging.getLogger("ncf_core.pipeline")
@@ -29,8 +29,8 @@ def load_pretrained(pretrain_dir: str | Path, data: ncf_data.Interactions, confi
         if art.user_ids != data.user_ids or art.item_ids != data.item_ids:
             raise ConfigError(f"pre-trained {root / name} was trained on other user/item ids than this data")
         parts[name] = art.model
-    model = neumf_from_pretrained(
-        parts["gmf"], parts["mlp"], alpha=config.pretrain_alpha, dropout=config.dropout
+    model, _ = pretraining.combine(
+        parts["gmf"], parts["mlp"], data.val, config.pretrain_alpha, config.top_k, dropout=config.dropout
     )
     c = model.config
     if (c.factor, c.num_layers) != (config.factor, config.num_layers):

@@ -56,7 +56,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without validation gain (0 = never)
     device: str = "auto"
     pretrain_dir: str | None = None
-    pretrain_alpha: float = 0.5
+    pretrain_alpha: float | None = None  # GMF weight in a pre-trained NeuMF; None: picked on validation
 
     def validate(self) -> None:
         if self.model not in MODEL_TYPES:
@@ -71,8 +71,8 @@ class TrainConfig:
             (0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}"),
             (self.patience >= 0, f"patience must be ≥ 0, got {self.patience}"),
             (
-                0.0 <= self.pretrain_alpha <= 1.0,
-                f"pretrain_alpha must be in [0, 1], got {self.pretrain_alpha}",
+                self.pretrain_alpha is None or 0.0 <= self.pretrain_alpha <= 1.0,
+                f"pretrain_alpha must be in [0, 1] (or auto), got {self.pretrain_alpha}",
             ),
             (
                 self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -88,9 +88,10 @@ class TrainConfig:
         return ModelConfig(self.model, num_users, num_items, self.factor, self.num_layers, self.dropout)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Settings that must not change across a resume (epochs/patience/device may)."""
+        """Settings that must not change across a resume (epochs/patience/device may, and where the
+        pre-trained start was read from: a resumed run continues from its checkpoint, not from it)."""
         d = asdict(self)
-        for key in ("epochs", "patience", "device"):
+        for key in ("epochs", "patience", "device", "pretrain_dir"):
             d.pop(key)
         return d
 
@@ -109,20 +110,20 @@ class Distributed:
 
 @dataclass
 class EpochReport:
+    """One epoch's figures; epoch 0 is the pre-trained starting point (evaluated, not trained: no loss)."""
+
     epoch: int
-    loss: float
+    loss: float | None
     train_s: float
     eval_s: float
     val: Metrics | None
     test: Metrics | None
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "epoch": self.epoch,
-            "loss": round(self.loss, 6),
-            "train_s": round(self.train_s, 3),
-            "eval_s": round(self.eval_s, 3),
-        }
+        d: dict[str, Any] = {"epoch": self.epoch}
+        if self.loss is not None:
+            d["loss"] = round(self.loss, 6)
+        d |= {"train_s": round(self.train_s, 3), "eval_s": round(self.eval_s, 3)}
         if self.val is not None:
             d |= {"val_hr": round(self.val.hr, 6), "val_ndcg": round(self.val.ndcg, 6)}
         if self.test is not None:
@@ -193,6 +194,9 @@ class Trainer:
         if (model.config.num_users, model.config.num_items) != (data.num_users, data.num_items):
             raise ConfigError("initial model was built for other user/item counts than the data")
         self.model = model.to(self.device)
+        # A pre-trained start is itself a candidate for the kept model: fine-tuning can only be kept if it
+        # beats the start on validation (on ML-1M the plain GMF+MLP combination is already strong).
+        self.starts_pretrained = initial_model is not None
         self.net: torch.nn.Module = self.model
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -249,6 +253,10 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.config
         stopped = False
+        if self.starts_pretrained and not self.history and self.epochs_done == 0 and self.step_in_epoch == 0:
+            report = self._record_epoch(0, None, 0.0)
+            if self.on_epoch is not None and self.dist.is_main:
+                self.on_epoch(report)
         while self.epochs_done < cfg.epochs:
             epoch = self.epochs_done + 1
             if not self._train_epoch(epoch):
@@ -324,6 +332,16 @@ class Trainer:
         return True
 
     def _end_epoch(self, epoch: int) -> EpochReport:
+        loss = self.epoch_loss_sum / max(self.epoch_samples, 1)
+        report = self._record_epoch(epoch, loss, self.epoch_train_s)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} in epoch {epoch}; lower the learning rate")
+        self.epochs_done, self.step_in_epoch = epoch, 0
+        self.save_checkpoint()
+        return report
+
+    def _record_epoch(self, epoch: int, loss: float | None, train_s: float) -> EpochReport:
+        """Evaluate the current weights, log and remember them if validation says they are the best."""
         cfg = self.config
         t0 = time.perf_counter()
         val = test = None
@@ -333,8 +351,7 @@ class Trainer:
             if self.data.test is not None and len(self.data.test):
                 test = evaluate(self.model, self.data.test, cfg.top_k, self.device)
         eval_s = time.perf_counter() - t0
-        loss = self.epoch_loss_sum / max(self.epoch_samples, 1)
-        report = EpochReport(epoch, loss, self.epoch_train_s, eval_s, val, test)
+        report = EpochReport(epoch, loss, train_s, eval_s, val, test)
         if self.dist.is_main:
             log.info("%s", report.log_line())
         self.history.append(report.as_dict())
@@ -345,10 +362,6 @@ class Trainer:
             self.best_epoch = epoch
             self.best_val, self.best_test = val, test
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} in epoch {epoch}; lower the learning rate")
-        self.epochs_done, self.step_in_epoch = epoch, 0
-        self.save_checkpoint()
         return report
 
     def result(self, stopped: bool = False) -> TrainResult:

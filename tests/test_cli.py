@@ -69,6 +69,13 @@ def test_invalid_option_exits_2(ratings_csv: Path, tmp_path: Path):
     assert proc.returncode == 2 and "lr must be a positive number" in proc.stderr
 
 
+@pytest.mark.parametrize(("value", "message"), [("lots", "'lots' is neither a number"), ("1.5", "[0, 1]")])
+def test_invalid_pretrain_alpha_exits_2(ratings_csv: Path, tmp_path: Path, value: str, message: str):
+    data, model = str(ratings_csv), str(tmp_path / "m")
+    proc = cli("train", "--data", data, "--model-dir", model, "--pretrain-alpha", value)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
 @pytest.mark.movielens
 def test_movielens_100k_beats_popularity(tmp_path: Path):
     udata = require_file(shared_data_dir() / "ml-100k" / "u.data")

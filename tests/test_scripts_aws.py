@@ -484,6 +484,7 @@ def test_train_defaults_single_on_demand_instance(aws):
         (["--max-wait", "7200"], {}, "--max-wait only applies with --spot"),
         (["--job-name", "ncf_bad_name"], {}, "not a valid SageMaker name"),
         (["--instance-type", "local"], {}, "needs --local"),
+        (["--gmf", f"s3://{BUCKET}/ncf/ml/ratings.csv"], {}, "needs both --gmf and --mlp"),
     ],
 )
 def test_train_refuses_before_creating_anything(aws, args, env_change, message):
@@ -493,6 +494,19 @@ def test_train_refuses_before_creating_anything(aws, args, env_change, message):
     env = {k: v for k, v in (aws.env | env_change).items() if v != ""}
     refused(aws.run("train", *base, *args, env=env), message)
     assert aws.server.calls("CreateTrainingJob") == []
+
+
+def test_train_passes_pretrained_models_as_gmf_and_mlp_channels(aws):
+    train_uri = aws.put("ncf/ml/ratings.csv").rsplit("/", 1)[0]
+    gmf = aws.put("ncf/output/gmf-job/output/model.tar.gz")
+    mlp = aws.put("ncf/output/mlp-job/output/model.tar.gz")
+    aws.push_fake_image("ncf-train")
+    args = ["--train", train_uri, "--gmf", gmf, "--mlp", mlp, "--output", f"s3://{BUCKET}/out"]
+    (job_name,) = ok(aws.run("train", *args, "--hp", "pretrain_alpha=auto"))
+    job = aws.sm.describe_training_job(TrainingJobName=job_name)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+    assert channels == {"train": train_uri, "gmf": gmf, "mlp": mlp}
+    assert job["HyperParameters"] == {"pretrain_alpha": "auto"}
 
 
 def test_train_refuses_an_existing_job_name(aws):

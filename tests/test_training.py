@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +41,26 @@ def test_kept_epoch_is_chosen_on_validation_not_test(planted):
     # The returned model is the kept epoch's: its test metrics are what the summary reports.
     again = evaluate(result.model, planted.test, 10)
     assert again.hr == pytest.approx(result.test.hr) and again.ndcg == pytest.approx(result.test.ndcg)
+
+
+def test_pretrained_start_is_kept_when_fine_tuning_only_hurts(planted):
+    start = train(planted, replace(FAST, epochs=6)).model
+    start_val = evaluate(start, planted.val, 10)
+    # A learning rate this high wrecks the model in one epoch: the start must win on validation.
+    result = train(planted, replace(FAST, epochs=2, lr=5.0), initial_model=copy.deepcopy(start))
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert "loss" not in result.history[0] and result.history[0]["val_ndcg"] == pytest.approx(start_val.ndcg)
+    assert result.history[1]["val_ndcg"] < start_val.ndcg
+    assert result.best_epoch == 0
+    for k, v in start.state_dict().items():
+        assert torch.equal(v, result.model.state_dict()[k]), k
+
+
+def test_fine_tuning_that_helps_replaces_the_pretrained_start(planted):
+    start = train(planted, replace(FAST, epochs=1, lr=0.003)).model  # under-trained
+    result = train(planted, replace(FAST, epochs=3), initial_model=copy.deepcopy(start))
+    assert result.history[0]["epoch"] == 0 and result.best_epoch >= 1
+    assert result.val.ndcg > result.history[0]["val_ndcg"]
 
 
 def test_epoch_negatives_are_never_training_positives(planted):

@@ -7,17 +7,21 @@ import re
 import signal
 import socket
 import subprocess
+import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from ncf_sagemaker import hyperparameters
 
 from ncf_core import artifact
+from ncf_core import data as ncf_data
 from ncf_core.errors import ConfigError
-from ncf_core.training import list_checkpoints
+from ncf_core.pipeline import train_to_artifact
+from ncf_core.training import TrainConfig, list_checkpoints
 from tests.sagemaker_tree import ROOT, SageMakerTree
-from tests.synthetic import write_ncf_files, write_ratings_csv
+from tests.synthetic import SMALL_DATA, write_ncf_files, write_ratings_csv
 
 # The workshop's estimator hyperparameters, as SageMaker delivers them (strings, some JSON-encoded).
 WORKSHOP_HPS = {
@@ -79,6 +83,13 @@ def test_invalid_hyperparameters_say_what_to_fix(hps, message):
     with pytest.raises(ConfigError) as err:
         hyperparameters.parse(hps)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("auto", None), ('"auto"', None), ("0.7", 0.7), ('"0.7"', 0.7)]
+)
+def test_pretrain_alpha_is_a_number_or_auto(raw, expected):
+    assert hyperparameters.parse({"pretrain_alpha": raw}).config.pretrain_alpha == expected
 
 
 def test_platform_keys_are_not_rejected():
@@ -266,3 +277,48 @@ def test_script_mode_failure_is_reported(tree: SageMakerTree, tmp_path: Path):
     proc = tree.run_train(SAGEMAKER_PROGRAM="bad.py")
     assert proc.returncode == 1
     assert (tree.output / "failure").read_text() == "user script bad.py exited with code 3"
+
+
+# ------------------------------------------------------------------------------------------ pre-training
+
+
+def _pretrained_halves(tree: SageMakerTree, tmp_path: Path) -> None:
+    """A GMF as an earlier job's model.tar.gz in channel gmf, an MLP as an unpacked artifact in mlp."""
+    data = ncf_data.load(tree.channel("train"), seed=TrainConfig().seed)
+    cfg = TrainConfig(factor=8, num_layers=2, epochs=4, batch_size=512, **SMALL_DATA)
+    train_to_artifact(data, replace(cfg, model="gmf"), tmp_path / "gmf")
+    train_to_artifact(data, replace(cfg, model="mlp"), tree.channel("mlp"))
+    with tarfile.open(tree.channel("gmf") / "model.tar.gz", "w:gz") as tar:
+        for path in (tmp_path / "gmf").iterdir():  # SageMaker packs the model directory's contents
+            tar.add(path, arcname=path.name)
+
+
+def test_gmf_and_mlp_channels_initialise_neumf(tree: SageMakerTree, tmp_path: Path):
+    _pretrained_halves(tree, tmp_path)
+    before = sorted(p.name for p in tree.channel("gmf").iterdir())
+    tree.write_config(WORKSHOP_HPS | {"epochs": "1", "lr": "0.0001"}, channels=("train", "gmf", "mlp"))
+    proc = tree.run_train()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"pre-training alpha 0\.\d picked on validation", proc.stdout)
+    history = json.loads((tree.output / "data" / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1] and "loss" not in history[0]
+    # Epoch 0 is the pre-trained start, already far better than an untrained NeuMF.
+    assert history[0]["val_hr"] > 0.5
+    assert artifact.load(tree.model).config.model == "neumf"
+    assert sorted(p.name for p in tree.channel("gmf").iterdir()) == before  # nothing unpacked into it
+
+
+@pytest.mark.parametrize(
+    ("hps", "channels", "message"),
+    [
+        ({}, ("train", "gmf"), "needs both the gmf and mlp channels; mlp is missing"),
+        ({"model": "gmf"}, ("train", "gmf", "mlp"), "initialise a NeuMF model, but model=gmf"),
+    ],
+)
+def test_pretrain_channels_misuse_fails_before_work(tree: SageMakerTree, hps, channels, message):
+    for name in channels[1:]:
+        (tree.channel(name) / "model.tar.gz").write_bytes(b"not read before the checks")
+    tree.write_config(WORKSHOP_HPS | hps, channels=channels)
+    proc = tree.run_train()
+    assert proc.returncode == 1
+    assert message in (tree.output / "failure").read_text()

@@ -40,6 +40,8 @@ HYPERPARAMETERS: dict[str, tuple[str, type]] = {
     "min_rating": ("min_rating", float),
     "validation": ("validation", bool),
 }
+# Numbers that also accept "auto" (None in TrainConfig: decided from the data).
+AUTO_MEANS_NONE = {"pretrain_alpha"}
 # The seed workshop's names.
 ALIASES = {"factor_num": "factor", "num_ng": "num_neg", "learning_rate": "lr", "num_epochs": "epochs"}
 # Platform keys we read elsewhere or may safely ignore (they all start with "sagemaker_").
@@ -115,7 +117,10 @@ def parse(raw: dict[str, Any]) -> JobOptions:
             unknown.append(key)
             continue
         target, kind = HYPERPARAMETERS[name]
-        value = convert(key, raw_value, kind)
+        if name in AUTO_MEANS_NONE and str(decode(raw_value)).strip().lower() == "auto":
+            value = None
+        else:
+            value = convert(key, raw_value, kind)
         (train_kwargs if target in _TRAIN_FIELDS else extras)[target] = value
     if unknown:
         known = sorted(set(HYPERPARAMETERS) | set(ALIASES))

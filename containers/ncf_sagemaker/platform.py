@@ -57,6 +57,12 @@ def input_data_config_file() -> Path:
     return config_dir() / "inputdataconfig.json"
 
 
+# ------------------------------------------------------------------ channels
+TRAIN_CHANNEL = "train"
+TEST_CHANNEL = "test"
+PRETRAIN_CHANNELS = ("gmf", "mlp")  # optional: earlier jobs' models, to initialise a NeuMF
+
+
 def channel_dir(name: str) -> Path:
     return input_dir() / "data" / name
 

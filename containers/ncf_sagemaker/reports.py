@@ -35,7 +35,8 @@ def write_learning_curve(path: Path, history: list[dict[str, Any]], best_epoch: 
         return False
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_rank) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
+    trained = [h for h in history if "loss" in h]  # epoch 0 (a pre-trained start) has no loss
+    ax_loss.plot([h["epoch"] for h in trained], [h["loss"] for h in trained], marker="o")
     ax_loss.set(title="training loss (BCE)", xlabel="epoch")
     for key, style in (("val_hr", "-o"), ("val_ndcg", "-s"), ("hr", "--o"), ("ndcg", "--s")):
         if key in history[0]:

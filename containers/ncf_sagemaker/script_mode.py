@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from ncf_core.errors import ConfigError
 
 from . import platform
+from .archives import extract_tar
 
 log = logging.getLogger("ncf_sagemaker.script_mode")
 
@@ -33,11 +33,6 @@ def requested(raw_hyperparameters: dict[str, Any]) -> str | None:
 
     program = os.environ.get(platform.PROGRAM_ENV) or decode(raw_hyperparameters.get(platform.PROGRAM_HP, ""))
     return str(program) if program else None
-
-
-def _extract(archive: Path, dest: Path) -> None:
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")  # refuses absolute paths and '..'
 
 
 def prepare_code(submit: str) -> Path:
@@ -51,13 +46,11 @@ def prepare_code(submit: str) -> Path:
             archive = Path(tmp) / "sourcedir.tar.gz"
             log.info("downloading %s", submit)
             boto3.client("s3").download_file(bucket, key, str(archive))
-            dest.mkdir(parents=True, exist_ok=True)
-            _extract(archive, dest)
+            extract_tar(archive, dest)
         return dest
     path = Path(submit.removeprefix("file://"))
     if path.is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        _extract(path, dest)
+        extract_tar(path, dest)
         return dest
     if path.is_dir():
         return path

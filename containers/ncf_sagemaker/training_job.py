@@ -1,6 +1,7 @@
 """The ``train`` program: SageMaker's training-container contract adapted to ``ncf_core``.
 
-Reads ``/opt/ml/input/config/*.json`` and the ``train`` (+ optional ``test``) channel, trains (possibly
+Reads ``/opt/ml/input/config/*.json`` and the ``train`` channel (+ optional ``test``, and ``gmf`` + ``mlp``
+to start a NeuMF from pre-trained halves), trains (possibly
 data-parallel), writes the artifact to ``/opt/ml/model``, reports to ``/opt/ml/output/data``, checkpoints to
 ``/opt/ml/checkpoints`` and resumes from it. On SIGTERM it checkpoints and exits (code 143). Any failure
 writes a one-paragraph reason to ``/opt/ml/output/failure`` (SageMaker's FailureReason) and exits 1.
@@ -24,7 +25,7 @@ from ncf_core.errors import ConfigError, DataError, NcfError
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import Distributed, EpochReport
 
-from . import distributed, hyperparameters, platform, reports, script_mode
+from . import distributed, hyperparameters, platform, pretrained, reports, script_mode
 
 log = logging.getLogger("ncf_sagemaker.train")
 
@@ -65,8 +66,8 @@ def _one(directory: Path, pattern: str) -> Path:
 def load_job_data(options: hyperparameters.JobOptions) -> ncf_data.Interactions:
     """The ``train`` channel (NCF files or raw ratings), plus the ``test`` channel's NCF files if given."""
     cfg = options.config
-    train_dir = platform.channel_dir("train")
-    test_dir = platform.channel_dir("test")
+    train_dir = platform.channel_dir(platform.TRAIN_CHANNEL)
+    test_dir = platform.channel_dir(platform.TEST_CHANNEL)
     if not train_dir.is_dir():
         raise DataError("the required 'train' channel is missing (no directory)", train_dir)
     if test_dir.is_dir() and any(p for p in test_dir.iterdir() if not p.name.startswith(".")):
@@ -217,8 +218,11 @@ def _run() -> int:
         return EXIT_OK
 
     options = hyperparameters.parse(raw)
-    if "train" not in input_config:
+    if platform.TRAIN_CHANNEL not in input_config:
         raise ConfigError(f"the 'train' channel is required; this job has channels {channels or 'none'}")
+    pretrain_dir = pretrained.prepare(options.config.model)
+    if pretrain_dir is not None:
+        options.config.pretrain_dir = str(pretrain_dir)
     mpi = hyperparameters.convert(platform.MPI_ENABLED_HP, raw.get(platform.MPI_ENABLED_HP, "false"), bool)
     placement = distributed.resolve(resource_config, options.config.device, mpi_enabled=mpi)
     job = Job(options, placement, channels)

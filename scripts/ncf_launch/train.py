@@ -66,7 +66,7 @@ HYPERPARAMETERS = frozenset(
         "num_epochs", "pretrain_alpha", "min_rating", "validation", "lr_decay",
     }
 )  # fmt: skip
-CHANNELS = ("train", "test")
+CHANNELS = ("train", "test", "gmf", "mlp")
 LOCAL_INSTANCE_TYPES = ("local", "local_gpu")
 POLL_SECONDS = 30
 
@@ -82,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
         "--train", required=True, metavar="URI", help="train channel: s3://... (or a local path with --local)"
     )
     p.add_argument("--test", metavar="URI", help="optional test channel (default: split from train)")
+    p.add_argument(
+        "--gmf",
+        metavar="URI",
+        help="pre-training: a GMF job's model.tar.gz (with --mlp) to initialise a NeuMF, as in the paper",
+    )
+    p.add_argument("--mlp", metavar="URI", help="pre-training: an MLP job's model.tar.gz (with --gmf)")
     p.add_argument("--job-name", help="training job name (default: ncf-train-TIMESTAMP)")
     p.add_argument(
         "--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter (repeatable)"
@@ -139,6 +145,8 @@ def check_numbers(args: argparse.Namespace) -> None:
     ):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
+    if bool(args.gmf) != bool(args.mlp):
+        raise UsageError("pre-training needs both --gmf and --mlp (each an earlier job's model.tar.gz)")
     if args.max_wait is not None and not args.spot:
         raise UsageError("--max-wait only applies with --spot")
     if args.spot and args.max_wait is not None and args.max_wait < args.max_run:
@@ -297,6 +305,10 @@ def stage_channel(source: str, target: Path, aws_for_s3) -> Path:
     path = Path(source)
     if path.is_dir():
         return path.resolve()  # mounted as it is, read-only
+    if path.is_file() and path.name.endswith(".tar.gz"):  # an earlier job's model.tar.gz
+        target.mkdir(parents=True)
+        shutil.copy2(path, target / path.name)
+        return target
     from .upload_data import dataset_files  # same rules as for an upload
 
     target.mkdir(parents=True)
