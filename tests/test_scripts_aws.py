@@ -904,6 +904,39 @@ def test_readme_walkthrough_from_data_to_cleanup(aws, tmp_path):
         assert not missing, f"README.md no longer shows these tested commands: {missing}"
 
 
+# The README's pre-training jobs, verbatim.
+README_PRETRAIN_COMMANDS = [
+    'scripts/train.sh --job-name ncf-gmf --train "s3://$BUCKET/ncf/ml-1m/" '
+    '--output "s3://$BUCKET/ncf/output" --hp model=gmf --hp epochs=20 --hp num_neg=8 --wait',
+    'scripts/train.sh --job-name ncf-mlp --train "s3://$BUCKET/ncf/ml-1m/" '
+    '--output "s3://$BUCKET/ncf/output" --hp model=mlp --hp epochs=12 --hp num_neg=8 --hp lr=0.006 --wait',
+    'scripts/train.sh --job-name ncf-neumf-pretrained --train "s3://$BUCKET/ncf/ml-1m/" '
+    '--output "s3://$BUCKET/ncf/output" --gmf "s3://$BUCKET/ncf/output/ncf-gmf/output/model.tar.gz" '
+    '--mlp "s3://$BUCKET/ncf/output/ncf-mlp/output/model.tar.gz" --hp epochs=2 --hp lr=0.00001 '
+    "--hp lr_decay=1.0 --wait",
+]
+
+
+def test_readme_pretraining_jobs(aws, tmp_path):
+    aws.push_fake_image("ncf-train")
+    aws.put("ncf/ml-1m/ml-1m.train.rating")
+    env = aws.env | {"BUCKET": BUCKET}
+    (tmp_path / "scripts").symlink_to(SCRIPTS)
+    for command in README_PRETRAIN_COMMANDS:
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        _job, model = ok(proc)
+        aws.put(model.removeprefix(f"s3://{BUCKET}/"))  # what the real job writes when it ends
+    desc = aws.sm.describe_training_job(TrainingJobName="ncf-neumf-pretrained")
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in desc["InputDataConfig"]}
+    assert channels["gmf"] == f"s3://{BUCKET}/ncf/output/ncf-gmf/output/model.tar.gz"
+    assert channels["mlp"] == f"s3://{BUCKET}/ncf/output/ncf-mlp/output/model.tar.gz"
+    text = re.sub(r"\\\n\s*", "", (ROOT / "README.md").read_text())
+    missing = [c for c in README_PRETRAIN_COMMANDS if c not in text]
+    assert not missing, f"README.md no longer shows these tested commands: {missing}"
+
+
 # ----------------------------------------------------------------------------- push to a local registry
 
 
