@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from ncf_core import artifact
-from ncf_core.training import list_checkpoints
+from ncf_core import data as ncf_data
+from ncf_core.pipeline import train_to_artifact
+from ncf_core.training import TrainConfig, list_checkpoints
 from tests import docker_harness as dh
 from tests.conftest import require_file, shared_data_dir
 from tests.sagemaker_tree import SageMakerTree
@@ -53,6 +57,26 @@ def test_train_in_container_writes_artifact_and_metrics(image: str, tree: SageMa
     assert (tree.output / "data" / "learning_curve.png").is_file()
     assert list_checkpoints(tree.checkpoints)
     print(f"container train wall time {time.monotonic() - t0:.1f}s")
+
+
+def test_neumf_from_earlier_jobs_models_in_read_only_channels(
+    image: str, tree: SageMakerTree, tmp_path: Path
+):
+    data = ncf_data.load(tree.channel("train"), seed=TrainConfig().seed)
+    cfg = TrainConfig(factor=16, num_layers=2, epochs=2, batch_size=4096, lr=0.005)
+    for name in ("gmf", "mlp"):  # as SageMaker delivers an earlier job's output: one model.tar.gz
+        train_to_artifact(data, replace(cfg, model=name), tmp_path / name)
+        with tarfile.open(tree.channel(name) / "model.tar.gz", "w:gz") as tar:
+            for path in (tmp_path / name).iterdir():
+                tar.add(path, arcname=path.name)
+    tree.write_config(HPS | {"epochs": "1", "lr": "0.0001"})
+    read_only = [f"-v{tree.channel(n)}:/opt/ml/input/data/{n}:ro" for n in ("train", "gmf", "mlp")]
+    proc = run(image, tree, *read_only)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "picked on validation" in proc.stdout
+    history = json.loads((tree.output / "data" / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1] and history[0]["val_hr"] > 0.3
+    assert artifact.load(tree.model).config.model == "neumf"
 
 
 def test_bad_hyperparameter_exits_nonzero_with_failure_reason(image: str, tree: SageMakerTree):
