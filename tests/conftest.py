@@ -22,6 +22,22 @@ def require_file(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """The small NeuMF artifact the serving tests share (trained once a session); copy it to change it."""
+    from tests.test_serving_support import trained_artifact
+
+    return trained_artifact(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def rec(model_dir: Path):
+    """``Recommender`` over ``model_dir`` (test_inference defines its own)."""
+    from ncf_core.inference import Recommender
+
+    return Recommender.load(model_dir)
+
+
 @pytest.fixture
 def ratings_csv(tmp_path: Path) -> Path:
     return write_ratings_csv(tmp_path / "ratings.csv")

@@ -14,18 +14,7 @@ from ncf_sagemaker.serving.handler import Context, ServingModel, load_handler
 from ncf_sagemaker.serving.model import FAILED, READY, ServedModel
 
 from ncf_core.errors import UnknownIdError
-from ncf_core.inference import Recommender
-from tests.test_serving_support import copy_model, group_of_item, group_of_user, trained_artifact
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return trained_artifact(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def rec(model_dir):
-    return Recommender.load(model_dir)
+from tests.test_serving_support import copy_model, group_of_item, group_of_user
 
 
 @pytest.fixture(scope="module")

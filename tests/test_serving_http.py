@@ -19,20 +19,9 @@ from tests.test_serving_support import (
     group_of_item,
     group_of_user,
     running_server,
-    trained_artifact,
 )
 
 WORKERS = 2
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return trained_artifact(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def rec(model_dir):
-    return Recommender.load(model_dir)
 
 
 @pytest.fixture(scope="module")

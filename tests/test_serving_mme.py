@@ -12,21 +12,10 @@ import pytest
 from ncf_sagemaker.serving.errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from ncf_sagemaker.serving.registry import COST_FACTOR, ModelRegistry, artifact_bytes
 
-from ncf_core.inference import Recommender
-from tests.test_serving_support import copy_model, running_server, trained_artifact
+from tests.test_serving_support import copy_model, running_server
 
 WORKERS = 2
 BUDGET_MB = 2  # holds a handful of the small test models (each worker holds a copy of each)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return trained_artifact(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def rec(model_dir):
-    return Recommender.load(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -159,6 +159,18 @@ def is_not_found(exc: Exception) -> bool:
     )
 
 
+def describe_or_none(describe, **kwargs) -> dict | None:
+    """``describe(**kwargs)``, or None when SageMaker says the resource does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return describe(**kwargs)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
 # ------------------------------------------------------------------------------------------------ S3
 
 

@@ -36,8 +36,8 @@ from .common import (
     check_role_arn,
     connect,
     default_image,
+    describe_or_none,
     error_code,
-    is_not_found,
     key_values,
     parse_s3_uri,
     result,
@@ -117,14 +117,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def job_model_data(sm, job: str) -> str:
-    from botocore.exceptions import ClientError
-
-    try:
-        desc = sm.describe_training_job(TrainingJobName=job)
-    except ClientError as exc:
-        if is_not_found(exc):
-            raise UsageError(f"no training job named {job}") from None
-        raise
+    desc = describe_or_none(sm.describe_training_job, TrainingJobName=job)
+    if desc is None:
+        raise UsageError(f"no training job named {job}")
     if desc["TrainingJobStatus"] != "Completed":
         raise UsageError(
             f"training job {job} is {desc['TrainingJobStatus']}, not Completed: nothing to deploy"
@@ -150,14 +145,8 @@ def check_model_data(aws: Aws, uri: str, multi_model: bool) -> str:
 
 
 def endpoint_status(sm, name: str) -> str | None:
-    from botocore.exceptions import ClientError
-
-    try:
-        return sm.describe_endpoint(EndpointName=name)["EndpointStatus"]
-    except ClientError as exc:
-        if is_not_found(exc):
-            return None
-        raise
+    desc = describe_or_none(sm.describe_endpoint, EndpointName=name)
+    return None if desc is None else desc["EndpointStatus"]
 
 
 def wait_for_endpoint(sm, name: str, timeout: float, poll: float = POLL_SECONDS) -> None:

@@ -42,7 +42,7 @@ from .common import (
     check_role_arn,
     connect,
     default_image,
-    is_not_found,
+    describe_or_none,
     key_values,
     load_metric_definitions,
     parse_s3_uri,
@@ -202,14 +202,8 @@ def training_request(args: argparse.Namespace, job: str, image: str, hp: dict[st
 
 def job_exists(sm, job: str) -> str | None:
     """The job's status, or None when no job has that name."""
-    from botocore.exceptions import ClientError
-
-    try:
-        return sm.describe_training_job(TrainingJobName=job)["TrainingJobStatus"]
-    except ClientError as exc:
-        if is_not_found(exc):
-            return None
-        raise
+    desc = describe_or_none(sm.describe_training_job, TrainingJobName=job)
+    return None if desc is None else desc["TrainingJobStatus"]
 
 
 def wait_for_job(sm, job: str, poll: float = POLL_SECONDS) -> dict:
