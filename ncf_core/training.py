@@ -34,6 +34,7 @@ log = logging.getLogger("ncf_core.training")
 CHECKPOINT_GLOB = "ncf-ckpt-*.pt"
 _CHECKPOINT_RE = re.compile(r"ncf-ckpt-(\d+)-(\d+)\.pt$")
 KEEP_CHECKPOINTS = 2
+MIN_TOTAL_STEPS = 100  # below this, warn that the batch is too large for the data
 
 
 @dataclass
@@ -218,6 +219,7 @@ class Trainer:
         shard = shard % len(users)
         self.users, self.items = users[shard], items[shard]
 
+        self._warn_if_few_steps()
         self.epochs_done = 0
         self.step_in_epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -229,6 +231,24 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_samples = 0
         self.epoch_train_s = 0.0
+
+    def _warn_if_few_steps(self) -> None:
+        """The defaults are tuned for ML-1M (6M samples an epoch); on small data the same batch leaves so few
+        optimiser steps that the model barely moves (a 12k-interaction set stays at random HR)."""
+        steps = self.steps_per_epoch() * self.config.epochs
+        if steps >= MIN_TOTAL_STEPS or not self.dist.is_main:
+            return
+        samples = self.users.shape[0] * (1 + self.config.num_neg) * self.dist.world_size
+        suggested = max(256, 2 ** int(math.log2(max(samples // 50, 1))))
+        log.warning(
+            "only %d optimiser steps in all (%d epochs at batch_size %d on %d samples an epoch): "
+            "too few to learn much; use a smaller batch_size (e.g. %d) or more epochs",
+            steps,
+            self.config.epochs,
+            self.config.batch_size,
+            samples,
+            suggested,
+        )
 
     # ------------------------------------------------------------------ epoch data
     def epoch_tensors(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ PYTHON=${PYTHON:-python3}
 WORK=${NCF_WORK_DIR:-$ROOT/.quickstart}
 DATA_DIR=${NCF_DATA_DIR:-$ROOT/../shared/data}
 EPOCHS=${EPOCHS:-}
+BATCH_SIZE=
 
 echo "==> installing pinned packages (pyproject.toml: train + serve extras)"
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[train,serve]'
@@ -31,11 +32,13 @@ else
     DATA=$WORK/synthetic/ratings.csv
     "$PYTHON" -m ncf_core synthetic --to "$DATA" >/dev/null
     EPOCHS=${EPOCHS:-8}
+    BATCH_SIZE=1024 # 12k interactions: the ML-1M default batch would leave a handful of steps an epoch
     echo "    !! offline and no MovieLens found: using a SYNTHETIC data set (planted groups), not real ratings"
 fi
 
 echo "==> training NeuMF (factor 32, 3 layers) into $WORK/ml/model"
-"$PYTHON" -m ncf_core train --data "$DATA" --model-dir "$WORK/ml/model" ${EPOCHS:+--epochs "$EPOCHS"}
+"$PYTHON" -m ncf_core train --data "$DATA" --model-dir "$WORK/ml/model" ${EPOCHS:+--epochs "$EPOCHS"} \
+    ${BATCH_SIZE:+--batch-size "$BATCH_SIZE"}
 
 PORT=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 echo "==> serving it on 127.0.0.1:$PORT (SAGEMAKER_BASE_DIR=$WORK/ml)"

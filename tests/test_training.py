@@ -63,6 +63,15 @@ def test_fine_tuning_that_helps_replaces_the_pretrained_start(planted):
     assert result.val.ndcg > result.history[0]["val_ndcg"]
 
 
+def test_a_batch_too_large_for_the_data_is_warned_about(planted, caplog):
+    with caplog.at_level("WARNING", logger="ncf_core.training"):
+        Trainer(planted, FAST)
+        assert not caplog.records
+        Trainer(planted, replace(FAST, batch_size=32768, epochs=8))  # the ML-1M default on 12k samples an epoch
+    (record,) = caplog.records
+    assert "too few to learn much; use a smaller batch_size (e.g. 256)" in record.getMessage()
+
+
 def test_epoch_negatives_are_never_training_positives(planted):
     trainer = Trainer(planted, FAST)
     positives = set(zip(planted.train_users.tolist(), planted.train_items.tolist(), strict=True))
