@@ -67,7 +67,7 @@ def test_a_batch_too_large_for_the_data_is_warned_about(planted, caplog):
     with caplog.at_level("WARNING", logger="ncf_core.training"):
         Trainer(planted, FAST)
         assert not caplog.records
-        Trainer(planted, replace(FAST, batch_size=32768, epochs=8))  # the ML-1M default on 12k samples an epoch
+        Trainer(planted, replace(FAST, batch_size=32768, epochs=8))  # ML-1M's batch, 12k samples
     (record,) = caplog.records
     assert "too few to learn much; use a smaller batch_size (e.g. 256)" in record.getMessage()
 
@@ -98,10 +98,21 @@ def strip_timing(history):
     return [{k: v for k, v in h.items() if not k.endswith("_s")} for h in history]
 
 
-@pytest.mark.parametrize("stop_after_calls", [3, 30])  # mid-epoch 1, mid-epoch 2
-def test_interrupted_run_resumes_to_the_same_result(planted, tmp_path: Path, stop_after_calls: int):
+@pytest.mark.parametrize(
+    ("stop_after_calls", "pretrained"),
+    [(3, False), (30, False), (3, True)],  # mid-epoch 1, mid-epoch 2; from a pre-trained start (epoch 0)
+)
+def test_interrupted_run_resumes_to_the_same_result(
+    planted, tmp_path: Path, stop_after_calls: int, pretrained: bool
+):
     cfg = replace(FAST, epochs=3, dropout=0.2, lr_decay=0.1)  # dropout RNG and lr schedule must resume
-    full = train(planted, cfg, checkpoint_dir=tmp_path / "full")
+    start = train(planted, replace(FAST, epochs=1, lr=0.003)).model if pretrained else None
+
+    def run(**kwargs):  # every run starts from its own copy of the same pre-trained weights
+        return train(planted, cfg, initial_model=copy.deepcopy(start), **kwargs)
+
+    full = run(checkpoint_dir=tmp_path / "full")
+    assert [h["epoch"] for h in full.history] == ([0, 1, 2, 3] if pretrained else [1, 2, 3])
 
     calls = {"n": 0}
 
@@ -110,9 +121,9 @@ def test_interrupted_run_resumes_to_the_same_result(planted, tmp_path: Path, sto
         return calls["n"] >= stop_after_calls
 
     ckpt = tmp_path / "ckpt"
-    first = train(planted, cfg, checkpoint_dir=ckpt, should_stop=stop)
+    first = run(checkpoint_dir=ckpt, should_stop=stop)
     assert first.stopped and list_checkpoints(ckpt)
-    resumed = train(planted, cfg, checkpoint_dir=ckpt)
+    resumed = run(checkpoint_dir=ckpt)
     assert not resumed.stopped
     assert strip_timing(resumed.history) == strip_timing(full.history)
     assert resumed.best_epoch == full.best_epoch
