@@ -96,17 +96,12 @@ def ensure_model(model_dir: Path) -> dict[str, Any]:
         (links / name).symlink_to(src.resolve())
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "ncf_core", "train", "--data", str(links), "--model-dir", str(model_dir)]
-    subprocess.run(cmd, check=True, cwd=ROOT, env=_pythonpath(dict(os.environ)), stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL)
     shutil.rmtree(links)
     return {"trained_now": True, "train_seconds": round(time.perf_counter() - start, 1)}
 
 
 # --------------------------------------------------------------------------------------------- server
-def _pythonpath(env: dict[str, str]) -> dict[str, str]:
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "containers"), env.get("PYTHONPATH", "")])
-    return env
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,7 +124,7 @@ def start_server(
     model_dir: Path, port: int, native_blas: bool, log_path: Path, workers: int | None
 ) -> tuple[subprocess.Popen, dict]:
     """Start ``serve`` and poll /ping and the seed invocation until the invocation succeeds."""
-    env = _pythonpath({k: v for k, v in os.environ.items() if not k.startswith("SAGEMAKER_")})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGEMAKER_")}
     if native_blas:
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)

@@ -13,18 +13,16 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ncf_core import data as ncf_data
+from ncf_core.evaluation import evaluate
+from ncf_core.pretraining import combine
+from ncf_core.training import EpochReport, TrainConfig, train
 
-from ncf_core import data as ncf_data  # noqa: E402
-from ncf_core.evaluation import evaluate  # noqa: E402
-from ncf_core.pretraining import combine  # noqa: E402
-from ncf_core.training import EpochReport, TrainConfig, train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:

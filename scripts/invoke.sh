@@ -3,5 +3,4 @@
 # All logic lives in scripts/ncf_launch/invoke.py (Python + boto3); run with --help for the options.
 # PYTHON selects the interpreter (default python3); it needs boto3 (pip install -e '.[aws]').
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python3}" -m ncf_launch invoke "$@"
+exec "${PYTHON:-python3}" -m ncf_launch invoke "$@"

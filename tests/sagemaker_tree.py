@@ -49,11 +49,10 @@ class SageMakerTree:
         return self.base / "output"
 
     def env(self, **extra: str) -> dict[str, str]:
-        pythonpath = os.pathsep.join([str(ROOT), str(ROOT / "containers"), os.environ.get("PYTHONPATH", "")])
-        return os.environ | {"SAGEMAKER_BASE_DIR": str(self.base), "PYTHONPATH": pythonpath} | extra
+        return os.environ | {"SAGEMAKER_BASE_DIR": str(self.base)} | extra
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "ncf_sagemaker.training_job"]
+        return [sys.executable, "-m", "ncf_sagemaker.training.job"]
 
     def run_train(self, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -8,9 +8,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from ncf_sagemaker.archives import extract_tar
 
 from ncf_core.errors import DataError
+from ncf_sagemaker.archives import extract_tar
 
 
 def make_tar(path: Path, members: list[tuple[str, bytes | None, str | None]]) -> Path:

@@ -256,7 +256,7 @@ LOG_LINE = "epoch=3; loss=0.2512; train_s=6.1; eval_s=0.9; val_hr=0.79; val_ndcg
 
 
 def test_metric_definitions_pick_each_value_from_the_log_line():
-    from scripts.ncf_launch.common import load_metric_definitions
+    from ncf_launch.common import load_metric_definitions
 
     values = {}
     for d in load_metric_definitions():
@@ -274,15 +274,15 @@ def test_metric_definitions_pick_each_value_from_the_log_line():
 
 
 def test_hyperparameter_names_are_the_images():
-    hyperparameters = pytest.importorskip("ncf_sagemaker.hyperparameters")
-    from scripts.ncf_launch.train import HYPERPARAMETERS
+    hyperparameters = pytest.importorskip("ncf_sagemaker.training.hyperparameters")
+    from ncf_launch.train import HYPERPARAMETERS
 
     assert set(HYPERPARAMETERS) == set(hyperparameters.HYPERPARAMETERS) | set(hyperparameters.ALIASES)
 
 
 def test_dataset_names_are_ncf_cores():
     from ncf_core import data
-    from scripts.ncf_launch import upload_data
+    from ncf_launch import upload_data
 
     assert upload_data.NCF_SUFFIXES == data.NCF_SUFFIXES
     assert upload_data.RAW_FILE_NAMES == data.RAW_FILE_NAMES
@@ -1142,8 +1142,8 @@ class _Describer:
 
 
 def test_wait_for_job_follows_every_status_change(capsys):
-    from scripts.ncf_launch.common import Failure
-    from scripts.ncf_launch.train import wait_for_job
+    from ncf_launch.common import Failure
+    from ncf_launch.train import wait_for_job
 
     starting = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting"}
     training = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
@@ -1163,8 +1163,8 @@ def test_wait_for_job_follows_every_status_change(capsys):
 
 
 def test_wait_for_endpoint_until_in_service_failed_or_timeout():
-    from scripts.ncf_launch.common import Failure
-    from scripts.ncf_launch.deploy import wait_for_endpoint
+    from ncf_launch.common import Failure
+    from ncf_launch.deploy import wait_for_endpoint
 
     creating, updating = {"EndpointStatus": "Creating"}, {"EndpointStatus": "Updating"}
     sm = _Describer([creating, updating, {"EndpointStatus": "InService"}])

@@ -76,7 +76,7 @@ def test_cpu_and_gpu_flags_choose_the_base_image(tmp_path):
     Nothing can be pulled here, so debian:bookworm-slim is stood in for by ncf-base:bookworm (a Debian
     bookworm minbase, without the /opt/venv of ncf-python:bookworm) for the length of the test, if absent.
     """
-    from scripts.ncf_launch.build_and_push import CPU_BASE_IMAGE
+    from ncf_launch.build_and_push import CPU_BASE_IMAGE
 
     require_image(PYTHON_IMAGE)
     require_image("ncf-base:bookworm")

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+
+from ncf_core.errors import UnknownIdError
 from ncf_sagemaker.serving import handler as handler_module
 from ncf_sagemaker.serving import protocol
 from ncf_sagemaker.serving.errors import BadRequest, ServiceUnavailable
 from ncf_sagemaker.serving.fastpath import FastScorer
 from ncf_sagemaker.serving.handler import Context, ServingModel, load_handler
 from ncf_sagemaker.serving.model import FAILED, READY, ServedModel
-
-from ncf_core.errors import UnknownIdError
 from tests.test_serving_support import copy_model, group_of_item, group_of_user
 
 

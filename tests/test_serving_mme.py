@@ -9,9 +9,9 @@ import time
 import weakref
 
 import pytest
+
 from ncf_sagemaker.serving.errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from ncf_sagemaker.serving.registry import COST_FACTOR, ModelRegistry, artifact_bytes
-
 from tests.test_serving_support import copy_model, running_server
 
 WORKERS = 2

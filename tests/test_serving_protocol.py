@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from ncf_sagemaker.serving import protocol
-from ncf_sagemaker.serving.errors import BadRequest, NotAcceptable, UnsupportedMediaType
 
 from ncf_core.inference import Recommendation
+from ncf_sagemaker.serving import protocol
+from ncf_sagemaker.serving.errors import BadRequest, NotAcceptable, UnsupportedMediaType
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from ncf_sagemaker.serving.settings import Settings, SettingsError
 
+from ncf_sagemaker.serving.settings import Settings, SettingsError
 from tests.test_serving_support import server_env
 
 

@@ -159,7 +159,6 @@ class Server:
 
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "NCF_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "containers"), env.get("PYTHONPATH", "")])
     env["NCF_BIND_HOST"] = "127.0.0.1"
     env.update(extra or {})
     return env

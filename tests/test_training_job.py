@@ -13,13 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from ncf_sagemaker import hyperparameters
 
 from ncf_core import artifact
 from ncf_core import data as ncf_data
 from ncf_core.errors import ConfigError
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig, list_checkpoints
+from ncf_sagemaker.training import hyperparameters
 from tests.sagemaker_tree import ROOT, SageMakerTree
 from tests.synthetic import SMALL_DATA, write_ncf_files, write_ratings_csv
 

@@ -16,7 +16,7 @@ from typing import Any
 from ncf_core.errors import ConfigError
 from ncf_core.training import TrainConfig
 
-from . import platform
+from .. import platform
 
 # Our name → (TrainConfig field or extra option, type).
 HYPERPARAMETERS: dict[str, tuple[str, type]] = {

@@ -25,7 +25,8 @@ from ncf_core.errors import ConfigError, DataError, NcfError
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import Distributed, EpochReport
 
-from . import distributed, hyperparameters, platform, pretrained, reports, script_mode
+from .. import platform
+from . import distributed, hyperparameters, pretrained, reports, script_mode
 
 log = logging.getLogger("ncf_sagemaker.train")
 

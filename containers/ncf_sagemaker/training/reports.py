@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("ncf_sagemaker.reports")
+log = logging.getLogger("ncf_sagemaker.training.reports")
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "evaluation.json"

@@ -22,10 +22,10 @@ from typing import Any
 
 from ncf_core.errors import ConfigError
 
-from . import platform
-from .archives import extract_tar
+from .. import platform
+from ..archives import extract_tar
 
-log = logging.getLogger("ncf_sagemaker.script_mode")
+log = logging.getLogger("ncf_sagemaker.training.script_mode")
 
 
 def requested(raw_hyperparameters: dict[str, Any]) -> str | None:

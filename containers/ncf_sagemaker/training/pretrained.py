@@ -14,10 +14,10 @@ from pathlib import Path
 from ncf_core import artifact
 from ncf_core.errors import ConfigError, DataError
 
-from . import platform
-from .archives import extract_tar
+from .. import platform
+from ..archives import extract_tar
 
-log = logging.getLogger("ncf_sagemaker.pretrained")
+log = logging.getLogger("ncf_sagemaker.training.pretrained")
 
 
 def prepare(model: str) -> Path | None:

@@ -1,0 +1,1 @@
+"""SageMaker's training contract (``docker run IMAGE train``) translated into ``ncf_core`` calls."""
