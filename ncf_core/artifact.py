@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import torch
 
 from . import __version__
 from .errors import ArtifactError
+from .jsonio import write_json
 from .models import NCF, ModelConfig
 
 log = logging.getLogger("ncf_core.artifact")
@@ -104,7 +103,7 @@ def save(
         item_popularity=np.asarray(item_popularity, np.int64),
     )
     metrics = dict(metrics or {})
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_json(out / METRICS_FILE, metrics)
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -117,16 +116,9 @@ def save(
             for name in (WEIGHTS_FILE, ID_MAPS_FILE, INTERACTIONS_FILE, METRICS_FILE)
         },
     }
-    _atomic_write(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_json(out / CONFIG_FILE, config)
     log.info("saved %s artifact (%d users, %d items) to %s", cfg.model, cfg.num_users, cfg.num_items, out)
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:

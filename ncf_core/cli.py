@@ -1,4 +1,7 @@
-"""Command line: ``python -m ncf_core {train,evaluate,recommend,download}``."""
+"""Command line: ``python -m ncf_core {train,evaluate,recommend,download,synthetic,hyperparameters}``.
+
+The ``train`` options are generated from ``ncf_core.config``, the same schema as the image's
+hyperparameters."""
 
 from __future__ import annotations
 
@@ -8,51 +11,54 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
+from . import config
 from . import data as ncf_data
+from .config import DataConfig, TrainConfig
 from .errors import NcfError
-from .training import TrainConfig
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
     p.add_argument("--data", required=True, help="NCF prefix or directory, or a raw ratings file/directory")
     p.add_argument("--model-dir", required=True, help="where the artifact is written")
     p.add_argument("--checkpoint-dir", help="checkpoint every epoch here and resume from it when restarted")
-    p.add_argument("--model", choices=("gmf", "mlp", "neumf"), default=d.model)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--factor", type=int, default=d.factor, help="predictive factors (last layer size)")
-    p.add_argument("--layers", type=int, default=d.num_layers, dest="num_layers", help="MLP layers")
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--num-neg", type=int, default=d.num_neg, help="training negatives per positive")
-    p.add_argument("--top-k", type=int, default=d.top_k)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--lr-decay", type=float, default=d.lr_decay, help="final lr = lr * this (linear decay)")
-    p.add_argument("--patience", type=int, default=d.patience, help="early stop after N epochs without gain")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--pretrain-dir", help="directory with gmf/ and mlp/ artifacts to initialise NeuMF")
-    p.add_argument(
-        "--pretrain-alpha",
-        type=_alpha,
-        default=d.pretrain_alpha,
-        help="GMF weight in the pre-trained NeuMF, 0-1, or auto (default: picked on validation)",
-    )
-    p.add_argument("--min-rating", type=float, help="raw data: keep ratings ≥ this as interactions")
+    for e in config.entries():
+        kwargs: dict[str, Any] = {"dest": e.name, "default": e.default, "help": e.help.replace("`", "")}
+        if e.kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction  # --validation / --no-validation
+        else:
+            if e.auto:
+                kwargs["type"] = _number_or_auto
+            elif e.kind is not str:
+                kwargs["type"] = e.kind
+            if e.choices:
+                kwargs["choices"] = e.choices
+            else:  # named as the flag, not as the field (--layers N, not NUM_LAYERS)
+                kwargs["metavar"] = e.flag.removeprefix("--").replace("-", "_").upper()
+        p.add_argument(e.flag, **kwargs)
 
 
-def _alpha(text: str) -> float | None:
+def _number_or_auto(text: str) -> float | None:
     if text.strip().lower() == "auto":
         return None
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number in [0, 1] nor auto") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def train_settings(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig]:
+    """The parsed ``train`` arguments as the two validated settings objects."""
+    train, split = (
+        cls(**{f.name: getattr(args, f.name) for f in fields(cls)}) for cls in (TrainConfig, DataConfig)
+    )
+    train.validate()
+    split.validate()
+    return train, split
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ncf_core", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("evaluate", help="HR@K / NDCG@K of a saved model")
     ev.add_argument("--model-dir", required=True)
     ev.add_argument("--data", required=True)
-    ev.add_argument("--top-k", type=int, default=10)
+    ev.add_argument("--top-k", type=int, default=config.DEFAULT_TOP_K)
     rec = sub.add_parser("recommend", help="top-K items for users (raw ids)")
     rec.add_argument("--model-dir", required=True)
     rec.add_argument("--user", action="append", required=True)
-    rec.add_argument("--top-k", type=int, default=10)
+    rec.add_argument("--top-k", type=int, default=config.DEFAULT_TOP_K)
     rec.add_argument("--include-seen", action="store_true")
     dl = sub.add_parser("download", help="fetch a MovieLens zip from GroupLens and check its checksum")
     dl.add_argument("name", choices=("ml-100k", "ml-1m", "ml-20m"))
@@ -75,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--to", required=True, type=Path, help="CSV file to write")
     syn.add_argument("--users", type=int, default=600)
     syn.add_argument("--items", type=int, default=300)
-    args = parser.parse_args(argv)
+    sub.add_parser("hyperparameters", help="print the training image's hyperparameters as a markdown table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -92,11 +103,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from .pipeline import train_to_artifact
 
-        names = {f.name for f in fields(TrainConfig)}
-        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-        config.validate()
-        data = ncf_data.load(args.data, seed=config.seed, min_rating=args.min_rating)
-        result = train_to_artifact(data, config, args.model_dir, checkpoint_dir=args.checkpoint_dir)
+        train, split = train_settings(args)
+        data = ncf_data.load(
+            args.data,
+            seed=train.seed,
+            num_eval_negatives=split.num_eval_negatives,
+            validation=split.validation,
+            min_rating=split.min_rating,
+        )
+        result = train_to_artifact(data, train, args.model_dir, checkpoint_dir=args.checkpoint_dir)
         print(json.dumps(result.summary()))
         return 0
     if args.command == "evaluate":
@@ -120,5 +135,8 @@ def _run(args: argparse.Namespace) -> int:
         from .synthetic import write_ratings_csv
 
         print(write_ratings_csv(args.to, num_users=args.users, num_items=args.items, groups=10, per_user=20))
+        return 0
+    if args.command == "hyperparameters":
+        print(config.hyperparameter_table(), end="")
         return 0
     raise AssertionError(args.command)

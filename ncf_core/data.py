@@ -12,19 +12,18 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import NUM_EVAL_NEGATIVES
 from .errors import DataError
 from .sampling import PositiveSet, sample_distinct_negatives
 
 log = logging.getLogger("ncf_core.data")
 
-NUM_EVAL_NEGATIVES = 99
 NCF_SUFFIXES = {"train": ".train.rating", "test": ".test.rating", "negative": ".test.negative"}
 RAW_FILE_NAMES = ("ratings.dat", "u.data", "ratings.csv", "ratings.parquet")
 RAW_SUFFIXES = (".csv", ".tsv", ".parquet", ".dat", ".data")
@@ -574,28 +573,3 @@ def _raise_first_bad_line(
             elif len(fields) != width and int_fields > 2:
                 raise DataError(f"{len(fields)} fields here, {width} on the first line", path, lineno)
     raise DataError(f"cannot parse ({fallback})", path)
-
-
-def subset_users(data: Interactions, users: Sequence[int]) -> Interactions:
-    """A copy restricted to some users (tests and quick experiments)."""
-    keep = np.zeros(data.num_users, bool)
-    keep[np.asarray(users, np.int64)] = True
-
-    def cut(split: EvalSplit | None) -> EvalSplit | None:
-        if split is None:
-            return None
-        m = keep[split.users]
-        return EvalSplit(split.users[m], split.items[m], split.negatives[m])
-
-    m = keep[data.train_users]
-    return Interactions(
-        data.num_users,
-        data.num_items,
-        data.train_users[m],
-        data.train_items[m],
-        cut(data.test),
-        cut(data.val),
-        data.user_ids,
-        data.item_ids,
-        data.source,
-    )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import DEFAULT_TOP_K
 from .data import EvalSplit
 from .models import NCF
 
@@ -79,7 +80,7 @@ def score_candidates(
 def evaluate(
     model: NCF,
     split: EvalSplit,
-    k: int = 10,
+    k: int = DEFAULT_TOP_K,
     device: torch.device | str = "cpu",
     drop_duplicate_negatives: bool = True,
 ) -> Metrics:

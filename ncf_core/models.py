@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import MODEL_TYPES
 from .errors import ConfigError
 
 ModelType = Literal["gmf", "mlp", "neumf"]
-MODEL_TYPES: tuple[str, ...] = ("gmf", "mlp", "neumf")
 
 
 @dataclass(frozen=True)
@@ -155,10 +155,6 @@ class NCF(nn.Module):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.head(self.user_side(users), self.item_side(items))
-
-
-def build_model(config: ModelConfig) -> NCF:
-    return NCF(config)
 
 
 def neumf_from_pretrained(gmf: NCF, mlp: NCF, alpha: float = 0.5, dropout: float | None = None) -> NCF:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 from . import artifact, pretraining
 from . import data as ncf_data
+from .config import DEFAULT_TOP_K
 from .errors import ConfigError
 from .evaluation import evaluate
 from .models import NCF
@@ -88,7 +88,7 @@ def train_to_artifact(
 
 
 def evaluate_artifact(
-    model_dir: str | Path, data_spec: str | Path, k: int = 10, seed: int | None = None
+    model_dir: str | Path, data_spec: str | Path, k: int = DEFAULT_TOP_K, seed: int | None = None
 ) -> dict:
     """Test (and validation) HR/NDCG of a saved model on data split the way training split it."""
     art = artifact.load(model_dir)
@@ -104,8 +104,3 @@ def evaluate_artifact(
     if data.val is not None:
         out |= evaluate(art.model, data.val, k).as_dict("val_")
     return out
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from .config import DEFAULT_TOP_K
 from .data import EvalSplit
 from .evaluation import evaluate
 from .models import NCF, neumf_from_pretrained
@@ -19,7 +20,7 @@ ALPHA_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER_ALPHA = 0.5
 
 
-def pick_alpha(gmf: NCF, mlp: NCF, val: EvalSplit | None, k: int = 10) -> float:
+def pick_alpha(gmf: NCF, mlp: NCF, val: EvalSplit | None, k: int = DEFAULT_TOP_K) -> float:
     """The grid alpha whose combined model has the best validation NDCG@k (then HR@k).
 
     Without a validation split there is nothing honest to pick on: the paper's 0.5.
@@ -42,7 +43,7 @@ def pick_alpha(gmf: NCF, mlp: NCF, val: EvalSplit | None, k: int = 10) -> float:
 
 
 def combine(
-    gmf: NCF, mlp: NCF, val: EvalSplit | None, alpha: float | None = None, k: int = 10, **kwargs
+    gmf: NCF, mlp: NCF, val: EvalSplit | None, alpha: float | None = None, k: int = DEFAULT_TOP_K, **kwargs
 ) -> tuple[NCF, float]:
     """NeuMF from ``gmf`` and ``mlp`` with ``alpha`` (picked on ``val`` when None), and the alpha used."""
     if alpha is None:

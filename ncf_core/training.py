@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .config import TrainConfig  # declared with the other settings; imported from here too
 from .data import Interactions
 from .errors import ConfigError
 from .evaluation import Metrics, evaluate
-from .models import MODEL_TYPES, NCF, ModelConfig
+from .models import NCF
 from .runtime import tune_allocator
 from .sampling import PositiveSet, sample_negatives
 
@@ -35,66 +36,6 @@ CHECKPOINT_GLOB = "ncf-ckpt-*.pt"
 _CHECKPOINT_RE = re.compile(r"ncf-ckpt-(\d+)-(\d+)\.pt$")
 KEEP_CHECKPOINTS = 2
 MIN_TOTAL_STEPS = 100  # below this, warn that the batch is too large for the data
-
-
-@dataclass
-class TrainConfig:
-    """Training settings. Defaults (tuned on ML-1M, NeuMF-32): large batches with a higher, linearly decayed
-    learning rate and a little L2 — about 7.5 s an epoch on 2 CPU cores (see README for the figures)."""
-
-    model: str = "neumf"
-    factor: int = 32
-    num_layers: int = 3
-    dropout: float = 0.0
-    epochs: int = 10
-    batch_size: int = 32768
-    lr: float = 0.01
-    num_neg: int = 5  # the paper's 3-6 range; 5 beat 4 on ML-1M at equal wall time
-    top_k: int = 10
-    seed: int = 42
-    weight_decay: float = 1e-6
-    lr_decay: float = 0.1  # lr falls linearly to lr * lr_decay by the last step (1.0 = constant)
-    patience: int = 0  # stop after this many epochs without validation gain (0 = never)
-    device: str = "auto"
-    pretrain_dir: str | None = None
-    pretrain_alpha: float | None = None  # GMF weight in a pre-trained NeuMF; None: picked on validation
-
-    def validate(self) -> None:
-        if self.model not in MODEL_TYPES:
-            raise ConfigError(f"model must be one of {', '.join(MODEL_TYPES)}, got {self.model!r}")
-        checks = [
-            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
-            (self.num_neg >= 1, f"num_neg must be ≥ 1, got {self.num_neg}"),
-            (self.top_k >= 1, f"top_k must be ≥ 1, got {self.top_k}"),
-            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
-            (0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}"),
-            (self.patience >= 0, f"patience must be ≥ 0, got {self.patience}"),
-            (
-                self.pretrain_alpha is None or 0.0 <= self.pretrain_alpha <= 1.0,
-                f"pretrain_alpha must be in [0, 1] (or auto), got {self.pretrain_alpha}",
-            ),
-            (
-                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-                f"device must be auto, cpu or cuda[:N], got {self.device!r}",
-            ),
-            (self.pretrain_dir is None or self.model == "neumf", "pretrain_dir only applies to model neumf"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-
-    def model_config(self, num_users: int, num_items: int) -> ModelConfig:
-        return ModelConfig(self.model, num_users, num_items, self.factor, self.num_layers, self.dropout)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Settings that must not change across a resume (epochs/patience/device may, and where the
-        pre-trained start was read from: a resumed run continues from its checkpoint, not from it)."""
-        d = asdict(self)
-        for key in ("epochs", "patience", "device", "pretrain_dir"):
-            d.pop(key)
-        return d
 
 
 @dataclass
@@ -233,8 +174,8 @@ class Trainer:
         self.epoch_train_s = 0.0
 
     def _warn_if_few_steps(self) -> None:
-        """The defaults are tuned for ML-1M (6M samples an epoch); on small data the same batch leaves so few
-        optimiser steps that the model barely moves (a 12k-interaction set stays at random HR)."""
+        """The defaults are tuned for ML-1M (6M samples an epoch, README "Results"); on small data the same
+        batch leaves so few optimiser steps that the model barely moves."""
         steps = self.steps_per_epoch() * self.config.epochs
         if steps >= MIN_TOTAL_STEPS or not self.dist.is_main:
             return

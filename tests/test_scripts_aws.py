@@ -273,13 +273,6 @@ def test_metric_definitions_pick_each_value_from_the_log_line():
     }
 
 
-def test_hyperparameter_names_are_the_images():
-    hyperparameters = pytest.importorskip("ncf_sagemaker.training.hyperparameters")
-    from ncf_launch.train import HYPERPARAMETERS
-
-    assert set(HYPERPARAMETERS) == set(hyperparameters.HYPERPARAMETERS) | set(hyperparameters.ALIASES)
-
-
 def test_dataset_names_are_ncf_cores():
     from ncf_core import data
     from ncf_launch import upload_data

@@ -63,7 +63,7 @@ def test_workshop_hyperparameters_are_accepted_plain_or_json_encoded():
     c = opts.config
     got = (c.epochs, c.lr, c.batch_size, c.factor, c.num_layers, c.num_neg, c.top_k, c.model)
     assert got == (4, 0.01, 512, 8, 2, 4, 10, "gmf")
-    assert opts.num_eval_negatives == 99
+    assert opts.data.num_eval_negatives == 99
 
 
 @pytest.mark.parametrize(

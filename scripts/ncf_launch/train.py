@@ -7,10 +7,11 @@
     scripts/train.sh --local --train data/ml-1m --hp epochs=1   the same job in Docker on this machine
 
 Hyperparameters are sent as strings, exactly as given (--hp epochs=20 -> "20"); names the image does not
-accept are refused here, before a job is created. The metric definitions come from
-scripts/metric_definitions.json. --image defaults to ncf-train:latest in this account's ECR (checked to
-exist); the role defaults to $SAGEMAKER_ROLE_ARN. --wait polls the job until it ends, printing each status
-change, and on failure prints the job's FailureReason (exit 1).
+accept (the schema in ncf_core.config, which the image parses with) are refused here, before a job is
+created. The metric definitions come from scripts/metric_definitions.json. --image defaults to
+ncf-train:latest in this account's ECR (checked to exist); the role defaults to $SAGEMAKER_ROLE_ARN. --wait
+polls the job until it ends, printing each status change, and on failure prints the job's FailureReason
+(exit 1).
 
 --local builds the /opt/ml tree SageMaker would create (input/config/*.json, input/data/CHANNEL, model,
 output, checkpoints) under --local-dir, and runs `docker run IMAGE train` on it with the same mounts
@@ -21,7 +22,6 @@ directory is also packed as output/model.tar.gz, as SageMaker does.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -29,6 +29,9 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from ncf_core import config as schema
+from ncf_core.jsonio import write_json
 
 from .common import (
     LOCAL_TAG,
@@ -55,17 +58,6 @@ from .common import (
     stamp,
 )
 
-# What the training image accepts: containers/ncf_sagemaker/hyperparameters.py (HYPERPARAMETERS and the
-# seed workshop's ALIASES); a test keeps the two equal. Keys starting with sagemaker_ are the platform's.
-HYPERPARAMETERS = frozenset(
-    {
-        # the seed workshop's names
-        "epochs", "lr", "batch_size", "factor_num", "num_layers", "num_ng", "dropout", "top_k", "test_num_ng",
-        # ours
-        "model", "seed", "weight_decay", "patience", "device", "factor", "num_neg", "learning_rate",
-        "num_epochs", "pretrain_alpha", "min_rating", "validation", "lr_decay",
-    }
-)  # fmt: skip
 CHANNELS = ("train", "test", "gmf", "mlp")
 LOCAL_INSTANCE_TYPES = ("local", "local_gpu")
 POLL_SECONDS = 30
@@ -129,11 +121,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_hyperparameters(hp: dict[str, str]) -> None:
-    unknown = sorted(k for k in hp if k not in HYPERPARAMETERS and not k.startswith("sagemaker_"))
+    """Refuse names the image would refuse (the schema it parses with; sagemaker_* are the platform's)."""
+    unknown = schema.unknown_hyperparameters(hp)
     if unknown:
         raise UsageError(
             f"unknown hyperparameter(s) {', '.join(unknown)}; "
-            f"the image accepts: {', '.join(sorted(HYPERPARAMETERS))}"
+            f"the image accepts: {', '.join(sorted(schema.hyperparameters()))}"
         )
 
 
@@ -398,10 +391,6 @@ def run_local(args: argparse.Namespace, job: str, hp: dict[str, str]) -> None:
     say(f"local training job {job} completed; model packed as {tree / 'output' / 'model.tar.gz'}")
     result(job)
     result(str(tree / "model"))
-
-
-def write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------- main

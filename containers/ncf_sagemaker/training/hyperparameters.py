@@ -1,60 +1,29 @@
-"""SageMaker hyperparameters → ``TrainConfig``.
+"""SageMaker hyperparameters → ``TrainConfig`` + ``DataConfig``.
 
-SageMaker delivers every value as a string, and SDK ≥ 2.110 JSON-encodes them (``"256"``, ``"\\"neumf\\""``):
-both forms are accepted. The seed workshop's names (``factor_num``, ``num_ng``...) are aliases, so its
-estimator settings carry over. Unknown or invalid names fail before any work, with a message that says
-what to fix (it becomes the job's FailureReason).
+Names, aliases and types come from the schema in ``ncf_core.config`` (the seed workshop's names such as
+``factor_num`` and ``num_ng`` are aliases there, so its estimator settings carry over). SageMaker delivers
+every value as a string, and SDK ≥ 2.110 JSON-encodes them (``"256"``, ``"\\"neumf\\""``): both forms are
+accepted. Unknown or invalid names fail before any work, with a message that says what to fix (it becomes
+the job's FailureReason); ``sagemaker_*`` keys are the platform's and are passed through.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from ncf_core import config as schema
+from ncf_core.config import DataConfig, TrainConfig
 from ncf_core.errors import ConfigError
-from ncf_core.training import TrainConfig
-
-from .. import platform
-
-# Our name → (TrainConfig field or extra option, type).
-HYPERPARAMETERS: dict[str, tuple[str, type]] = {
-    "model": ("model", str),
-    "epochs": ("epochs", int),
-    "batch_size": ("batch_size", int),
-    "lr": ("lr", float),
-    "factor": ("factor", int),
-    "num_layers": ("num_layers", int),
-    "dropout": ("dropout", float),
-    "num_neg": ("num_neg", int),
-    "top_k": ("top_k", int),
-    "seed": ("seed", int),
-    "weight_decay": ("weight_decay", float),
-    "lr_decay": ("lr_decay", float),
-    "patience": ("patience", int),
-    "device": ("device", str),
-    "pretrain_alpha": ("pretrain_alpha", float),
-    # Options of the data step rather than of training.
-    "test_num_ng": ("num_eval_negatives", int),
-    "min_rating": ("min_rating", float),
-    "validation": ("validation", bool),
-}
-# Numbers that also accept "auto" (None in TrainConfig: decided from the data).
-AUTO_MEANS_NONE = {"pretrain_alpha"}
-# The seed workshop's names.
-ALIASES = {"factor_num": "factor", "num_ng": "num_neg", "learning_rate": "lr", "num_epochs": "epochs"}
-# Platform keys we read elsewhere or may safely ignore (they all start with "sagemaker_").
-_TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
 
 @dataclass
 class JobOptions:
     config: TrainConfig
-    num_eval_negatives: int = 99
-    min_rating: float | None = None
-    validation: bool = True
-    platform: dict[str, Any] | None = None  # sagemaker_* keys (script mode, MPI...)
+    data: DataConfig = field(default_factory=DataConfig)
+    platform: dict[str, Any] = field(default_factory=dict)  # sagemaker_* keys (script mode, MPI...)
 
 
 def decode(value: Any) -> Any:
@@ -104,35 +73,32 @@ def parse(raw: dict[str, Any]) -> JobOptions:
     """Validate and convert a hyperparameters.json mapping."""
     if not isinstance(raw, dict):
         raise ConfigError("hyperparameters.json must hold a JSON object")
-    train_kwargs: dict[str, Any] = {}
-    extras: dict[str, Any] = {}
+    accepted = schema.hyperparameters()
+    values: dict[type, dict[str, Any]] = {section: {} for section in schema.SECTIONS}
     plat: dict[str, Any] = {}
-    unknown = []
     for key, raw_value in raw.items():
-        if key.startswith(platform.DISTRIBUTION_HP_PREFIX):
+        if schema.is_platform_key(key):
             plat[key] = decode(raw_value)
-            continue
-        name = ALIASES.get(key, key)
-        if name not in HYPERPARAMETERS:
-            unknown.append(key)
-            continue
-        target, kind = HYPERPARAMETERS[name]
-        if name in AUTO_MEANS_NONE and str(decode(raw_value)).strip().lower() == "auto":
-            value = None
-        else:
-            value = convert(key, raw_value, kind)
-        (train_kwargs if target in _TRAIN_FIELDS else extras)[target] = value
+        elif key in accepted:
+            entry = accepted[key]
+            if entry.auto and str(decode(raw_value)).strip().lower() == "auto":
+                value = None
+            else:
+                value = convert(key, raw_value, entry.kind)
+            values[entry.section][entry.name] = value
+    unknown = schema.unknown_hyperparameters(raw)
     if unknown:
-        known = sorted(set(HYPERPARAMETERS) | set(ALIASES))
         raise ConfigError(
-            f"unknown hyperparameter(s) {', '.join(sorted(unknown))}; accepted: {', '.join(known)}"
+            f"unknown hyperparameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}"
         )
-    config = TrainConfig(**train_kwargs)
+    config = TrainConfig(**values[TrainConfig])
     try:
         config.validate()
     except ConfigError as exc:
         raise ConfigError(f"invalid hyperparameters: {exc}") from None
-    options = JobOptions(config=config, platform=plat, **extras)
-    if options.num_eval_negatives < 1:
-        raise ConfigError(f"hyperparameter test_num_ng={options.num_eval_negatives} must be ≥ 1")
-    return options
+    data = DataConfig(**values[DataConfig])
+    try:
+        data.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"hyperparameter {exc}") from None
+    return JobOptions(config, data, plat)

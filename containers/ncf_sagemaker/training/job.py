@@ -22,6 +22,7 @@ from typing import Any
 
 from ncf_core import data as ncf_data
 from ncf_core.errors import ConfigError, DataError, NcfError
+from ncf_core.jsonio import write_json
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import Distributed, EpochReport
 
@@ -66,7 +67,7 @@ def _one(directory: Path, pattern: str) -> Path:
 
 def load_job_data(options: hyperparameters.JobOptions) -> ncf_data.Interactions:
     """The ``train`` channel (NCF files or raw ratings), plus the ``test`` channel's NCF files if given."""
-    cfg = options.config
+    cfg, split = options.config, options.data
     train_dir = platform.channel_dir(platform.TRAIN_CHANNEL)
     test_dir = platform.channel_dir(platform.TEST_CHANNEL)
     if not train_dir.is_dir():
@@ -77,17 +78,17 @@ def load_job_data(options: hyperparameters.JobOptions) -> ncf_data.Interactions:
             _one(test_dir, "*" + ncf_data.NCF_SUFFIXES["test"]),
             _one(test_dir, "*" + ncf_data.NCF_SUFFIXES["negative"]),
         )
-        if options.validation:
+        if split.validation:
             ncf_data.add_validation(
-                data, seed=cfg.seed, num_negatives=options.num_eval_negatives, chronological=False
+                data, seed=cfg.seed, num_negatives=split.num_eval_negatives, chronological=False
             )
         return data
     return ncf_data.load(
         train_dir,
         seed=cfg.seed,
-        num_eval_negatives=options.num_eval_negatives,
-        validation=options.validation,
-        min_rating=options.min_rating,
+        num_eval_negatives=split.num_eval_negatives,
+        validation=split.validation,
+        min_rating=split.min_rating,
     )
 
 
@@ -128,7 +129,7 @@ class Job:
 
             def on_epoch(report: EpochReport) -> None:
                 history.append(report.as_dict())
-                reports.write_json(out / reports.METRICS_FILE, history)
+                write_json(out / reports.METRICS_FILE, history)
 
             result = train_to_artifact(
                 data,
@@ -147,8 +148,8 @@ class Job:
                 return EXIT_STOPPED
             if rank == 0:
                 summary = result.summary() | {"k": config.top_k, "world_size": world}
-                reports.write_json(out / reports.METRICS_FILE, result.history)
-                reports.write_json(out / reports.REPORT_FILE, summary)
+                write_json(out / reports.METRICS_FILE, result.history)
+                write_json(out / reports.REPORT_FILE, summary)
                 reports.write_learning_curve(out / reports.CURVE_FILE, result.history, result.best_epoch)
                 # Scrapable like the epoch lines (so the job's final metrics are the kept epoch's), but
                 # without an "epoch=" field that the epoch regex would pick up.

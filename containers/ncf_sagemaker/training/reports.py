@@ -1,8 +1,8 @@
-"""What a training job leaves in ``output/data``: per-epoch metrics, the final report, a learning curve."""
+"""What a training job leaves in ``output/data``: per-epoch metrics, the final report, a learning curve.
+The JSON ones are written with ``ncf_core.jsonio.write_json``."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,13 +12,6 @@ log = logging.getLogger("ncf_sagemaker.training.reports")
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "evaluation.json"
 CURVE_FILE = "learning_curve.png"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def write_learning_curve(path: Path, history: list[dict[str, Any]], best_epoch: int) -> bool:

@@ -1,0 +1,265 @@
+"""The training settings, declared once: ``TrainConfig`` (the model and its training) and ``DataConfig``
+(how interactions are split for evaluation).
+
+Each field's metadata says how the outside world spells it: the ``ncf train`` flag, the SageMaker
+hyperparameter and the seed workshop's aliases, choices, whether ``auto`` stands for None, and one line of
+help. The CLI, the training image's hyperparameter parser, the launch script's check and the README's table
+are all generated from ``entries()``, so a new setting is added here and nowhere else.
+
+Imports neither torch nor numpy: the launch scripts (boto3 only) validate hyperparameters with it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .models import ModelConfig
+
+MODEL_TYPES: tuple[str, ...] = ("gmf", "mlp", "neumf")
+DEFAULT_TOP_K = 10  # K of HR@K / NDCG@K, and the default length of a recommendation list
+NUM_EVAL_NEGATIVES = 99  # negatives each held-out item is ranked against (He et al. 2017)
+PLATFORM_HP_PREFIX = "sagemaker_"  # hyperparameters starting with it belong to the SageMaker platform
+
+_SCHEMA = "ncf_schema"  # the dataclass field metadata key
+_FIELD_NAME = ""  # stands for "spelled like the field" in spec()
+
+
+@dataclass(frozen=True)
+class _Spec:
+    help: str
+    hyperparameter: str | None
+    aliases: tuple[str, ...]
+    flag: str
+    choices: tuple[str, ...] | None
+    auto: bool
+
+
+def spec(
+    help: str,
+    *,
+    hyperparameter: str | None = _FIELD_NAME,
+    aliases: tuple[str, ...] = (),
+    flag: str = _FIELD_NAME,
+    choices: tuple[str, ...] | None = None,
+    auto: bool = False,
+) -> dict[str, _Spec]:
+    """Field metadata. ``hyperparameter=None``: not one (the job sets it); ``auto``: "auto" means None."""
+    return {_SCHEMA: _Spec(help, hyperparameter, aliases, flag, choices, auto)}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One setting as the CLI, the SageMaker parser and the README see it."""
+
+    section: type  # TrainConfig or DataConfig
+    name: str  # the dataclass field
+    kind: type  # int, float, str or bool (None is allowed when the default is None)
+    default: Any
+    help: str
+    hyperparameter: str | None
+    aliases: tuple[str, ...]
+    flag: str
+    choices: tuple[str, ...] | None
+    auto: bool
+
+
+@dataclass
+class TrainConfig:
+    """The model and how it is trained. The defaults were tuned on ML-1M with NeuMF-32: large batches with a
+    higher, linearly decayed learning rate and a little L2 (the figures: README, "Results")."""
+
+    model: str = field(default="neumf", metadata=spec("`gmf`, `mlp` or `neumf`", choices=MODEL_TYPES))
+    factor: int = field(
+        default=32, metadata=spec("predictive factors (GMF size, last MLP layer)", aliases=("factor_num",))
+    )
+    num_layers: int = field(default=3, metadata=spec("MLP layers (halving tower)", flag="--layers"))
+    dropout: float = field(default=0.0, metadata=spec("dropout after MLP layers"))
+    epochs: int = field(
+        default=10,
+        metadata=spec("epochs (the kept one is picked on validation)", aliases=("num_epochs",)),
+    )
+    batch_size: int = field(
+        default=32768, metadata=spec("training batch (on small data sets pass a smaller one)")
+    )
+    lr: float = field(default=0.01, metadata=spec("Adam learning rate (start)", aliases=("learning_rate",)))
+    num_neg: int = field(
+        default=5,
+        metadata=spec(
+            "negatives per positive, re-sampled each epoch (the paper's 3–6; the workshop sends 4)",
+            aliases=("num_ng",),
+        ),
+    )
+    top_k: int = field(default=DEFAULT_TOP_K, metadata=spec("K of HR@K / NDCG@K"))
+    seed: int = field(default=42, metadata=spec("seeds the validation split, negatives, shuffling, dropout"))
+    weight_decay: float = field(default=1e-6, metadata=spec("Adam L2 weight decay"))
+    lr_decay: float = field(
+        default=0.1,
+        metadata=spec("the learning rate falls linearly to `lr × lr_decay` by the last step (1 = constant)"),
+    )
+    patience: int = field(
+        default=0, metadata=spec("stop after this many epochs without validation gain (0 = never)")
+    )
+    device: str = field(default="auto", metadata=spec("`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`"))
+    pretrain_dir: str | None = field(
+        default=None,
+        metadata=spec(
+            "directory with `gmf/` and `mlp/` artifacts to start NeuMF from (the image: its channels)",
+            hyperparameter=None,
+        ),
+    )
+    pretrain_alpha: float | None = field(
+        default=None,
+        metadata=spec(
+            "pre-training (`gmf` + `mlp` channels, `--pretrain-dir`): GMF's weight in NeuMF's output layer, "
+            "0–1; `auto` picks it on validation",
+            auto=True,
+        ),
+    )
+
+    def validate(self) -> None:
+        if self.model not in MODEL_TYPES:
+            raise ConfigError(f"model must be one of {', '.join(MODEL_TYPES)}, got {self.model!r}")
+        checks = [
+            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (self.num_neg >= 1, f"num_neg must be ≥ 1, got {self.num_neg}"),
+            (self.top_k >= 1, f"top_k must be ≥ 1, got {self.top_k}"),
+            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
+            (0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}"),
+            (self.patience >= 0, f"patience must be ≥ 0, got {self.patience}"),
+            (
+                self.pretrain_alpha is None or 0.0 <= self.pretrain_alpha <= 1.0,
+                f"pretrain_alpha must be in [0, 1] (or auto), got {self.pretrain_alpha}",
+            ),
+            (
+                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                f"device must be auto, cpu or cuda[:N], got {self.device!r}",
+            ),
+            (self.pretrain_dir is None or self.model == "neumf", "pretrain_dir only applies to model neumf"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def model_config(self, num_users: int, num_items: int) -> ModelConfig:
+        from .models import ModelConfig  # torch: only when a network is built
+
+        return ModelConfig(self.model, num_users, num_items, self.factor, self.num_layers, self.dropout)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings that must not change across a resume (epochs/patience/device may, and where the
+        pre-trained start was read from: a resumed run continues from its checkpoint, not from it)."""
+        d = asdict(self)
+        for key in ("epochs", "patience", "device", "pretrain_dir"):
+            d.pop(key)
+        return d
+
+
+@dataclass
+class DataConfig:
+    """How interactions become train / validation / test; the arguments of ``ncf_core.data.load``."""
+
+    num_eval_negatives: int = field(
+        default=NUM_EVAL_NEGATIVES,
+        metadata=spec(
+            "evaluation negatives per user (raw data; the NCF files bring their own)",
+            hyperparameter="test_num_ng",
+            flag="--test-num-ng",
+        ),
+    )
+    min_rating: float | None = field(
+        default=None, metadata=spec("raw data: keep ratings ≥ this as interactions (none: all)")
+    )
+    validation: bool = field(
+        default=True,
+        metadata=spec("hold out one item per user (validation) to pick the epoch; without, the last is kept"),
+    )
+
+    def validate(self) -> None:
+        # Named as the hyperparameter (and the CLI flag): num_eval_negatives is only the Python name.
+        if self.num_eval_negatives < 1:
+            raise ConfigError(f"test_num_ng={self.num_eval_negatives} must be ≥ 1")
+
+
+SECTIONS: tuple[type, ...] = (TrainConfig, DataConfig)
+
+
+def _kind(annotation: Any) -> type:
+    """``int`` for ``int``, ``float`` for ``float | None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+@cache
+def entries() -> tuple[Entry, ...]:
+    """Every setting, in declaration order: TrainConfig's fields, then DataConfig's."""
+    out = []
+    for section in SECTIONS:
+        hints = typing.get_type_hints(section)
+        for f in fields(section):
+            s: _Spec = f.metadata[_SCHEMA]
+            assert f.default is not MISSING, f"{section.__name__}.{f.name} needs a default"
+            resolved = vars(s) | {
+                "hyperparameter": f.name if s.hyperparameter == _FIELD_NAME else s.hyperparameter,
+                "flag": s.flag or "--" + f.name.replace("_", "-"),
+            }
+            out.append(Entry(section, f.name, _kind(hints[f.name]), f.default, **resolved))
+    return tuple(out)
+
+
+@cache
+def hyperparameters() -> dict[str, Entry]:
+    """Every name the training image accepts (our names and the workshop's aliases) → its entry."""
+    out: dict[str, Entry] = {}
+    for e in entries():
+        if e.hyperparameter is not None:
+            for name in (e.hyperparameter, *e.aliases):
+                assert name not in out, f"hyperparameter {name} declared twice"
+                out[name] = e
+    return out
+
+
+def is_platform_key(name: str) -> bool:
+    """SageMaker's own keys (``sagemaker_program``, ``sagemaker_mpi_enabled``...), never refused."""
+    return name.startswith(PLATFORM_HP_PREFIX)
+
+
+def unknown_hyperparameters(names: Iterable[str]) -> list[str]:
+    """The names, sorted, that the image would refuse."""
+    accepted = hyperparameters()
+    return sorted(n for n in names if n not in accepted and not is_platform_key(n))
+
+
+def _shown(e: Entry) -> str:
+    value = e.default
+    if value is None:
+        return "`auto`" if e.auto else "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"`{value}`"
+    if isinstance(value, float):
+        return re.sub(r"e([+-])0*(\d)", r"e\1\2", repr(value)).replace("e+", "e")  # 1e-06 → 1e-6
+    return str(value)
+
+
+def hyperparameter_table() -> str:
+    """The README's hyperparameter table (markdown); ``python -m ncf_core hyperparameters`` prints it."""
+    rows = ["| name (workshop alias) | default | meaning |", "|---|---|---|"]
+    for e in entries():
+        if e.hyperparameter is not None:
+            aliases = f" ({', '.join(f'`{a}`' for a in e.aliases)})" if e.aliases else ""
+            rows.append(f"| `{e.hyperparameter}`{aliases} | {_shown(e)} | {e.help} |")
+    return "\n".join(rows) + "\n"
