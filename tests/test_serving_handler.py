@@ -1,5 +1,5 @@
-"""The model side of serving without HTTP: the numpy fast path against ``Recommender``, the default
-handler's three request shapes, user overrides from ``code/inference.py``, and model health."""
+"""The model side of serving without HTTP: the default handler's three request shapes as ``Recommender``
+calls, user overrides from ``code/inference.py``, and model health."""
 
 from __future__ import annotations
 
@@ -8,72 +8,23 @@ import orjson
 import pytest
 
 from ncf_core.errors import UnknownIdError
+from ncf_core.inference import Recommender
 from ncf_sagemaker.serving import handler as handler_module
 from ncf_sagemaker.serving import protocol
 from ncf_sagemaker.serving.errors import BadRequest, ServiceUnavailable
-from ncf_sagemaker.serving.fastpath import FastScorer
-from ncf_sagemaker.serving.handler import Context, ServingModel, load_handler
+from ncf_sagemaker.serving.handler import Context, load_handler
 from ncf_sagemaker.serving.model import FAILED, READY, ServedModel
 from tests.test_serving_support import copy_model, group_of_item, group_of_user
-
-
-@pytest.fixture(scope="module")
-def fast(rec):
-    scorer = FastScorer.build(rec)
-    assert scorer is not None
-    return scorer
 
 
 def ctx() -> Context:
     return Context(request_id="test")
 
 
-# --------------------------------------------------------------------------------------------- fast path
-def test_fast_scores_equal_recommender_for_every_pair(rec, fast):
-    users = np.repeat(np.arange(len(rec.users)), rec.num_items)
-    items = np.tile(np.arange(rec.num_items), len(rec.users))
-    expected = np.asarray(rec.score(rec.users.raw(users), rec.items.raw(items)))
-    np.testing.assert_allclose(fast.scores_pairs(users, items), expected, atol=1e-6)
-    np.testing.assert_allclose(
-        fast.scores(3), rec.score([rec.users.ids[3]] * rec.num_items, rec.items.ids), atol=1e-6
-    )
-
-
-@pytest.mark.parametrize("exclude_seen", [True, False])
-@pytest.mark.parametrize("with_candidates", [True, False])
-def test_fast_recommend_equals_recommender(rec, fast, exclude_seen, with_candidates):
-    candidates = rec.items.ids[::3] if with_candidates else None
-    cand_idx = None if candidates is None else fast.items.many(candidates)
-    for user in rec.users.ids:
-        want = rec.recommend(user, 7, candidates, exclude_seen)
-        got = fast.recommend(user, 7, cand_idx, exclude_seen)
-        assert got.items == want.items, user
-        np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
-        assert got.fallback is False
-
-
-def test_fast_top_items_equal_recommender_and_unknown_ids(rec, fast):
-    items = rec.items.ids[5:45]
-    for user in rec.users.ids[:40]:
-        assert fast.top_items(user, items, 10) == rec.recommend(user, 10, items, exclude_seen=False).items
-    assert fast.top_items(10**6, items, 10) is None  # unknown user: the caller's fallback
-    with pytest.raises(UnknownIdError, match="unknown item id 999"):
-        fast.top_items(rec.users.ids[0], [*items, 999], 10)
-    with pytest.raises(UnknownIdError, match="unknown item id 18446744073709551615"):
-        fast.top_items(rec.users.ids[0], [2**64 - 1], 10)
-
-
-def test_a_fast_path_that_disagrees_with_the_model_is_not_used(rec, monkeypatch, caplog):
-    original = FastScorer._mlp
-    monkeypatch.setattr(FastScorer, "_mlp", lambda self, h: original(self, h) * 1.01)
-    assert FastScorer.build(rec) is None
-    assert "fast path disabled" in caplog.text
-
-
 # ----------------------------------------------------------------------------------- default handler
-@pytest.mark.parametrize("use_fast", [True, False])
-def test_default_pipeline_answers_all_three_shapes_from_the_model(rec, fast, use_fast):
-    model = ServingModel(rec, fast if use_fast else None)
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_default_pipeline_answers_all_three_shapes_from_the_model(model_dir, rec, backend):
+    model = Recommender.load(model_dir, backend=backend)
     user = rec.users.ids[0]
     items = rec.items.ids[:30]
     batch = protocol.Batch(
@@ -96,26 +47,29 @@ def test_default_pipeline_answers_all_three_shapes_from_the_model(rec, fast, use
     assert scores.scores[1] == pytest.approx(popular.scores[0])
 
 
-@pytest.mark.parametrize("use_fast", [True, False])
-def test_seed_shape_with_mixed_users_ranks_all_pairs(rec, fast, use_fast):
-    model = ServingModel(rec, fast if use_fast else None)
+def test_seed_shape_with_mixed_users_ranks_all_pairs(rec):
     users = [rec.users.ids[0]] * 3 + [rec.users.ids[1]] * 3
     items = rec.items.ids[:6]
-    result = model.top_items(protocol.TopItemsQuery(users, items, 6))
+    batch = protocol.Batch([protocol.TopItemsQuery(users, items, 6)], "json")
+    (result,) = handler_module.predict_fn(batch, rec).results
     expected = np.asarray(rec.score(users, items))
     assert result.items == [items[i] for i in np.argsort(-expected, kind="stable")]
 
 
-def test_k_beyond_the_catalogue_and_unknown_items_are_client_errors(rec, fast):
-    model = ServingModel(rec, fast)
+def test_k_beyond_the_catalogue_and_unknown_items_are_client_errors(rec):
+    def predict(query):
+        return handler_module.predict_fn(protocol.Batch([query], "json"), rec)
+
     with pytest.raises(BadRequest, match=f"only {rec.num_items} items"):
-        model.recommend(protocol.RecommendQuery([1], rec.num_items + 1, None, True))
+        predict(protocol.RecommendQuery([1], rec.num_items + 1, None, True))
+    with pytest.raises(BadRequest, match=f"only {rec.num_items} items"):
+        predict(protocol.TopItemsQuery([1], [rec.items.ids[0]], rec.num_items + 1))
     with pytest.raises(UnknownIdError):
-        model.score(protocol.ScoreQuery([1], [424242]))
+        predict(protocol.ScoreQuery([1], [424242]))
 
 
-def test_output_fn_flags_the_fallback_of_the_seed_shape_in_a_header(rec, fast):
-    model = ServingModel(rec, fast)
+def test_output_fn_flags_the_fallback_of_the_seed_shape_in_a_header(rec):
+    model = rec
     batch = protocol.Batch([protocol.TopItemsQuery([10**6, 10**6], rec.items.ids[:2], 1)], "json")
     body, media, headers = handler_module.output_fn(handler_module.predict_fn(batch, model), "*/*")
     assert (media, headers) == ("application/json", (("X-Ncf-Fallback", "true"),))
@@ -137,7 +91,7 @@ def input_fn(request_body, content_type, context):
 def predict_fn(data, model):
     if data["user"] == 0:
         raise RuntimeError("a bug in user code")
-    rec = model.recommender.recommend(data["user"], 2)
+    rec = model.recommend(data["user"], 2)
     return {"items": rec.items, "attrs": data["attrs"]}
 
 def output_fn(prediction, accept):

@@ -29,21 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ncf_core.inference import Recommendation, Recommender
+from ncf_core.inference import Recommender
 
 from . import protocol
 from .errors import BadRequest
-from .fastpath import FastScorer, top_k
 
 log = logging.getLogger("ncf_sagemaker.serving.handler")
 
 USER_CODE = Path("code") / "inference.py"
 HOOKS = ("model_fn", "input_fn", "predict_fn", "output_fn", "warmup_fn")
 FALLBACK_HEADER = "X-Ncf-Fallback"
-# Users per Recommender call: bounds the (users x items) score matrix a request can allocate.
-RECOMMEND_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -64,106 +59,19 @@ class Prediction:
     kind: protocol.Kind
 
 
-class ServingModel:
-    """The default model: a ``Recommender`` plus its checked numpy fast path (None if it failed its check)."""
-
-    def __init__(self, recommender: Recommender, fast: FastScorer | None):
-        self.recommender = recommender
-        self.fast = fast
-        self.num_items = recommender.num_items
-
-    def cost(self, batch: protocol.Batch) -> int:
-        """(user, item) pairs the batch scores: the server runs cheap requests on its event loop."""
-        total = 0
-        for q in batch.queries:
-            if isinstance(q, protocol.RecommendQuery):
-                total += len(q.users) * (self.num_items if q.candidates is None else len(q.candidates))
-            else:
-                total += len(q.items)
-        return total
-
-    def _check_k(self, k: int) -> None:
-        if k > self.num_items:
-            raise BadRequest(f"'k' is {k} but the model knows only {self.num_items} items")
-
-    def top_items(self, query: protocol.TopItemsQuery) -> protocol.TopItemsResult:
-        self._check_k(query.k)
-        users = query.users
-        first = users[0]
-        if users.count(first) == len(users):
-            if self.fast is not None:
-                items = self.fast.top_items(first, query.items, query.k)
-                if items is not None:
-                    return protocol.TopItemsResult(items, False)
-            rec = self.recommender.recommend(first, query.k, query.items, exclude_seen=False)
-            return protocol.TopItemsResult(rec.items, rec.fallback)
-        scored = self.score(protocol.ScoreQuery(users, query.items))
-        order = top_k(np.asarray(scored.scores, dtype=np.float64), query.k)
-        return protocol.TopItemsResult([scored.items[i] for i in order.tolist()], any(scored.fallback))
-
-    def recommend(self, query: protocol.RecommendQuery) -> protocol.RecommendResult:
-        self._check_k(query.k)
-        out: list[Recommendation] = []
-        if self.fast is not None:
-            fast = self.fast
-            cand = None if query.candidates is None else fast.items.many(query.candidates)
-            for user in query.users:
-                rec = fast.recommend(user, query.k, cand, query.exclude_seen)
-                if rec is None:  # unknown user: Recommender owns the popularity fallback
-                    rec = self.recommender.recommend(user, query.k, query.candidates, query.exclude_seen)
-                out.append(rec)
-            return protocol.RecommendResult(out)
-        for start in range(0, len(query.users), RECOMMEND_CHUNK):
-            chunk = query.users[start : start + RECOMMEND_CHUNK]
-            out += self.recommender.recommend_many(chunk, query.k, query.candidates, query.exclude_seen)
-        return protocol.RecommendResult(out)
-
-    def score(self, query: protocol.ScoreQuery) -> protocol.ScoreResult:
-        """Pair probabilities; pairs of unknown users get the item's normalised popularity, flagged."""
-        rec = self.recommender
-        items_idx = (self.fast.items.many if self.fast else _lookup(rec.items, "item"))(query.items)
-        user_of = self.fast.users.one if self.fast else rec.users.get
-        users_idx = [user_of(u) for u in query.users]
-        scores = np.zeros(len(users_idx), dtype=np.float64)
-        fallback = [u is None for u in users_idx]
-        known = [pos for pos, u in enumerate(users_idx) if u is not None]
-        if known:
-            u = np.asarray([users_idx[p] for p in known], dtype=np.int64)
-            i = items_idx[known]
-            if self.fast is not None:
-                scores[known] = self.fast.scores_pairs(u, i)
-            else:
-                scores[known] = rec.score(rec.users.raw(u), rec.items.raw(i))
-        unknown: dict[Any, list[int]] = {}
-        for pos, is_unknown in enumerate(fallback):
-            if is_unknown:
-                unknown.setdefault(query.users[pos], []).append(pos)
-        for user, positions in unknown.items():
-            wanted = list(dict.fromkeys(query.items[p] for p in positions))
-            popular = rec.recommend(user, len(wanted), wanted, exclude_seen=False)
-            by_item = dict(zip(popular.items, popular.scores, strict=True))
-            scores[positions] = [by_item[item] for item in rec.items.raw(items_idx[positions])]
-        return protocol.ScoreResult(list(query.users), rec.items.raw(items_idx), scores.tolist(), fallback)
-
-
-def _lookup(id_map: Any, kind: str) -> Callable[[list], np.ndarray]:
-    return lambda raws: id_map.lookup(raws, kind)
-
-
 # --------------------------------------------------------------------------------------------- defaults
-def model_fn(model_dir: str | Path) -> ServingModel:
-    """Load the artifact (checksums verified) and build the checked numpy fast path."""
+def model_fn(model_dir: str | Path) -> Recommender:
+    """Load the artifact (checksums verified) with its checked numpy scorer."""
     rec = Recommender.load(model_dir)
-    fast = FastScorer.build(rec)
     log.info(
-        "loaded %s model from %s: %d users, %d items, fast path %s",
+        "loaded %s model from %s: %d users, %d items, %s scorer",
         rec.model.config.model,
         model_dir,
         len(rec.users),
         rec.num_items,
-        "on" if fast else "off",
+        rec.backend,
     )
-    return ServingModel(rec, fast)
+    return rec
 
 
 def input_fn(request_body: bytes, request_content_type: str | None, context: Context | None = None):
@@ -171,20 +79,37 @@ def input_fn(request_body: bytes, request_content_type: str | None, context: Con
     return protocol.parse(request_body, protocol.request_kind(request_content_type), attributes)
 
 
-def predict_fn(data: protocol.Batch, model: ServingModel) -> Prediction:
+def predict_fn(data: protocol.Batch, model: Recommender) -> Prediction:
+    """Each protocol query is one ``Recommender`` call."""
     results: list[protocol.Result] = []
     for query in data.queries:
+        k = getattr(query, "k", None)
+        if k is not None and k > model.num_items:
+            raise BadRequest(f"'k' is {k} but the model knows only {model.num_items} items")
         if isinstance(query, protocol.TopItemsQuery):
-            results.append(model.top_items(query))
+            results.append(protocol.TopItemsResult(*model.top_items(query.users, query.items, query.k)))
         elif isinstance(query, protocol.RecommendQuery):
-            results.append(model.recommend(query))
+            recs = model.recommend_many(query.users, query.k, query.candidates, query.exclude_seen)
+            results.append(protocol.RecommendResult(recs))
         else:
-            results.append(model.score(query))
+            scored = model.score_pairs(query.users, query.items)
+            results.append(protocol.ScoreResult(query.users, scored.items, scored.scores, scored.fallback))
     return Prediction(results, data.kind)
 
 
-def output_fn(prediction: Prediction, accept: str | None) -> tuple[bytes, str, tuple]:
-    media = protocol.response_type(accept, prediction.kind)
+def cost(batch: protocol.Batch, model: Recommender) -> int:
+    """(user, item) pairs the batch scores: the server runs cheap requests on its event loop."""
+    total = 0
+    for q in batch.queries:
+        if isinstance(q, protocol.RecommendQuery):
+            total += len(q.users) * (model.num_items if q.candidates is None else len(q.candidates))
+        else:
+            total += len(q.items)
+    return total
+
+
+def encode(prediction: Prediction, media: str) -> tuple[bytes, str, tuple]:
+    """The response for an already negotiated media type."""
     body = protocol.encode(prediction.results, prediction.kind, media)
     headers: tuple = ()
     if prediction.kind == "json" and isinstance(prediction.results[0], protocol.TopItemsResult):
@@ -193,18 +118,18 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[bytes, str, t
     return body, media, headers
 
 
-def warmup_fn(model: ServingModel) -> None:
+def output_fn(prediction: Prediction, accept: str | None) -> tuple[bytes, str, tuple]:
+    return encode(prediction, protocol.response_type(accept, prediction.kind))
+
+
+def warmup_fn(model: Recommender) -> None:
     """A real request through every default step: the first user against up to 100 items, then top-10."""
-    rec = model.recommender
-    n = min(100, rec.num_items)
-    user = rec.users.raw(np.zeros(1, dtype=np.int64))[0]
-    items = rec.items.raw(np.arange(n))
-    for doc in ({"user": [user] * n, "item": items}, {"users": [user], "k": 10}):
-        body = protocol.encode(
-            predict_fn(protocol.Batch([protocol.parse_query(doc)], "json"), model).results,
-            "json",
-            protocol.JSON,
-        )
+    n = min(100, model.num_items)
+    user = model.users.ids[0]
+    items = model.items.ids[:n]
+    for doc in ({"user": [user] * n, "item": items}, {"users": [user], "k": min(10, model.num_items)}):
+        prediction = predict_fn(protocol.Batch([protocol.parse_query(doc)], "json"), model)
+        body, _, _ = encode(prediction, protocol.JSON)
         if not body:
             raise RuntimeError("warm-up produced an empty response")
 

@@ -17,7 +17,9 @@ from ncf_core.errors import NcfError, UnknownIdError
 
 from . import protocol
 from .errors import BadRequest, HttpError, ServiceUnavailable
-from .handler import Context, Handler, load_handler
+from .handler import Context, Handler, encode, load_handler
+from .handler import cost as default_cost
+from .handler import predict_fn as default_predict
 
 log = logging.getLogger("ncf_sagemaker.serving.model")
 
@@ -105,18 +107,17 @@ class ServedModel:
         if not handler.is_default_pipeline:
             return Prepared(None, body, content_type, accept, None)
         kind = protocol.request_kind(content_type)  # 415 and 406 before any parsing or model work
-        media = protocol.response_type(accept, kind)
+        media = protocol.response_type(accept, kind)  # the one negotiation: ``run`` encodes for it
         batch = protocol.parse(body, kind, protocol.custom_attributes(context.custom_attributes))
-        cost = self.model.cost(batch) if hasattr(self.model, "cost") else None
-        return Prepared(batch, body, content_type, media, cost)
+        return Prepared(batch, body, content_type, media, default_cost(batch, self.model))
 
     def run(self, prepared: Prepared, context: Context) -> Reply:
         """Step 2: predict and serialise (and, for user code, parse first)."""
         handler = self.handler
         assert handler is not None
-        if prepared.batch is not None:
-            prediction = _client_errors(handler.predict_fn, prepared.batch, self.model)
-            return Reply(*handler.output_fn(prediction, prepared.accept))
+        if prepared.batch is not None:  # the default pipeline: ``accept`` is the negotiated type
+            prediction = _client_errors(default_predict, prepared.batch, self.model)
+            return Reply(*encode(prediction, prepared.accept))
         data = _client_errors(handler.call, "input_fn", context, prepared.body, prepared.content_type)
         prediction = _client_errors(handler.call, "predict_fn", context, data, self.model)
         return _reply(handler.call("output_fn", context, prediction, prepared.accept), prepared.accept)
