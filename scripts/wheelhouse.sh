@@ -64,6 +64,6 @@ if [[ ${1:-} == --verify ]]; then
     # Same install an image build does, in a throwaway container, then import what train/serve use.
     docker run --rm -v "$OUT:/wheelhouse:ro" ncf-python:bookworm sh -c '
         pip install -q --no-index --find-links /wheelhouse -r /wheelhouse/requirements.txt &&
-        python -c "import sys, torch, numpy, pandas, pyarrow, flask, gunicorn, orjson
+        python -c "import sys, torch, numpy, pandas, pyarrow, starlette, gunicorn, orjson
 print(sys.version.split()[0], \"torch\", torch.__version__, \"numpy\", numpy.__version__, \"pandas\", pandas.__version__)"'
 fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import time
 
@@ -15,6 +16,7 @@ import pytest
 
 from ncf_core.inference import Recommender
 from tests.test_serving_support import (
+    assert_json_error,
     copy_model,
     group_of_item,
     group_of_user,
@@ -37,18 +39,16 @@ def seed_payload(rec, user=None, n=100):
     return {"user": [rec.users.ids[0] if user is None else user] * len(items), "item": items}
 
 
-def assert_json_error(resp, status, fragment):
-    assert resp.status == status, (resp.status, resp.body)
-    assert resp.headers["content-type"] == "application/json"
-    doc = resp.json()
-    assert fragment in doc["error"], doc
-    assert doc["request_id"] == resp.headers["x-request-id"]
-
-
 # --------------------------------------------------------------------------------------------- /ping
 def test_ping_is_healthy_json(server):
     resp = server.request("GET", "/ping")
     assert resp.status == 200 and resp.json() == {"status": "healthy", "message": "ready"}
+
+
+def test_ping_answers_head_with_headers_only(server):
+    resp = server.request("HEAD", "/ping")
+    assert resp.status == 200 and resp.body == b"" and resp.headers["content-type"] == "application/json"
+    assert "no-body response" not in server.log()
 
 
 def test_ping_is_503_while_loading_and_invocations_meanwhile_wait_for_the_model(model_dir, tmp_path):
@@ -329,6 +329,52 @@ def test_wrong_methods_and_paths_are_json_errors(server):
     assert_json_error(server.request("POST", "/models/m/invoke", b"{}"), 404, "multi-model API is off")
 
 
+def test_unknown_paths_and_wrong_methods_are_json_errors_with_the_request_id(server):
+    # Starlette's router finds no route (404) or no route for this method (405); our handler answers.
+    resp = server.request("GET", "/nope?x=1", headers={"X-Request-Id": "trace-404"})
+    assert_json_error(resp, 404, "/nope")
+    assert resp.headers["x-request-id"] == "trace-404"
+    assert_json_error(server.request("GET", "/ping/"), 404, "/ping/")  # exact paths, no redirect
+    big = b" " * 900_000  # a body nobody reads is dropped, so the client still gets its answer
+    assert_json_error(
+        server.request("POST", "/nope", big, {"Content-Type": "application/json"}), 404, "/nope"
+    )
+    for method, path, allow in [
+        ("DELETE", "/ping", "GET, HEAD"),
+        ("PUT", "/invocations", "POST"),
+        ("GET", "/models/m/invoke", "POST"),
+        ("PUT", "/models/m", "DELETE, GET, HEAD"),
+        ("POST", "/execution-parameters", "GET, HEAD"),
+    ]:
+        resp = server.request(method, path, b"{}", {"Content-Type": "application/json"})
+        assert_json_error(resp, 405, f"{path} answers {allow}, not {method}")
+        assert resp.headers["allow"] == allow
+    log = _wait_for_log(server, "request trace-404: GET /nope -> 404")
+    assert '"GET /nope?x=1" 404' in log and "rid=trace-404" in log
+
+
+def test_request_ids_are_echoed_up_to_128_characters_on_every_route(server, rec):
+    for method, path, body in [
+        ("GET", "/ping", None),
+        ("POST", "/invocations", seed_payload(rec)),
+        ("GET", "/execution-parameters", None),
+        ("GET", "/nope", None),
+    ]:
+        resp = server.request(method, path, body, {"X-Request-Id": "r" * 128})
+        assert resp.headers["x-request-id"] == "r" * 128, (path, resp.headers)
+        generated = server.request(method, path, body, {"X-Request-Id": "r" * 129}).headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", generated), (path, generated)  # <worker pid>-<counter>
+
+
+def _wait_for_log(server, fragment: str, timeout: float = 5) -> str:
+    deadline = time.monotonic() + timeout
+    while fragment not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = server.log()
+    assert fragment in log, log[-3000:]
+    return log
+
+
 def test_errors_are_logged_with_the_request_id(server):
     resp = server.request("POST", "/invocations", b"{oops", {"Content-Type": "application/json"})
     rid = resp.headers["x-request-id"]
@@ -365,6 +411,40 @@ def predict_fn(data, model, context):
 def slow_invoke(srv, rec, seconds: float):
     headers = {"X-Amzn-SageMaker-Custom-Attributes": f"sleep={seconds}"}
     return srv.invoke(seed_payload(rec), headers=headers)
+
+
+FAILING_PREDICT = """
+from ncf_sagemaker.serving import handler as default
+
+
+def predict_fn(data, model, context):
+    if context.custom_attributes == "fail":
+        raise RuntimeError("predict_fn broke")
+    return default.predict_fn(data, model)
+"""
+
+
+def test_user_code_failure_is_a_500_with_the_traceback_logged_and_the_connection_kept(model_dir, tmp_path):
+    model = copy_model(model_dir, tmp_path / "failing", FAILING_PREDICT)
+    rec = Recommender.load(model_dir)
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "NCF_ACCESS_LOG": "errors"}
+    with running_server(tmp_path, model, env) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        body = json.dumps(seed_payload(rec))
+        for attributes, status in [("fail", 500), ("", 200)]:  # one keep-alive connection for both
+            headers = {"Content-Type": "application/json", "X-Amzn-SageMaker-Custom-Attributes": attributes}
+            conn.request("POST", "/invocations", body, headers)
+            resp = conn.getresponse()
+            doc = json.loads(resp.read())
+            assert resp.status == status, doc
+            if status == 500:
+                assert doc["error"] == "internal error; see the server log"
+                rid = resp.getheader("x-request-id")
+                assert doc["request_id"] == rid
+        conn.close()
+        log = _wait_for_log(srv, "RuntimeError: predict_fn broke")
+        assert f"request {rid}: POST /invocations failed" in log and "Traceback" in log
+        assert '"POST /invocations" 500' in log and '"POST /invocations" 200' not in log  # errors only
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(model_dir, tmp_path):

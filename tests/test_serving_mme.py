@@ -12,7 +12,7 @@ import pytest
 
 from ncf_sagemaker.serving.errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from ncf_sagemaker.serving.registry import COST_FACTOR, ModelRegistry, artifact_bytes
-from tests.test_serving_support import copy_model, running_server
+from tests.test_serving_support import assert_json_error, copy_model, running_server
 
 WORKERS = 2
 BUDGET_MB = 2  # holds a handful of the small test models (each worker holds a copy of each)
@@ -75,6 +75,46 @@ def test_load_errors(server, models_root):
     assert server.request("POST", "/models/ghost/invoke", {"users": [1]}).status == 404
     resp = server.request("POST", "/invocations", {"users": [1]})
     assert resp.status == 404 and "/models/{model_name}/invoke" in resp.json()["error"]
+
+
+def test_management_errors_are_json_with_the_request_id(server, models_root):
+    json_body = {"Content-Type": "application/json"}
+    url = str(models_root / "a" / "model")
+    assert load(server, "x", url).status == 200
+    try:
+        for (method, path, body, headers), status, fragment in [
+            (("POST", "/models", b"{nope", json_body), 400, "body is not valid JSON"),
+            (("POST", "/models", b"[1]", json_body), 400, 'body must be {"model_name"'),
+            (("POST", "/models", {"url": "x"}, None), 400, "'model_name' must be a non-empty string"),
+            (("POST", "/models", {"model_name": "x", "url": url}, None), 409, "model 'x' is already loaded"),
+            (
+                ("POST", "/models", {"model_name": "y", "url": url + "-missing"}, None),
+                404,
+                "no ncf_core model",
+            ),
+            (("GET", "/models/ghost", None, None), 404, "model 'ghost' is not loaded"),
+            (("DELETE", "/models/ghost", None, None), 404, "model 'ghost' is not loaded"),
+            (("POST", "/models/ghost/invoke", {"users": [1]}, None), 404, "load it with POST /models"),
+            (("GET", "/models?page_size=abc", None, None), 400, "page size 'abc' is not an integer"),
+            (("GET", "/models?limit=0", None, None), 400, "page size must be ≥ 1"),
+            (("GET", "/models?next_page_token=%25%25", None, None), 400, "not a token this server issued"),
+            (("PATCH", "/models", b"{}", json_body), 405, "/models answers GET, HEAD, POST, not PATCH"),
+            (("PUT", "/models/x", b"{}", json_body), 405, "/models/x answers DELETE, GET, HEAD, not PUT"),
+            (("GET", "/models/x/invoke", None, None), 405, "/models/x/invoke answers POST, not GET"),
+            (("GET", "/models/x/y", None, None), 404, "there is no route /models/x/y"),
+        ]:
+            resp = server.request(method, path, body, {**(headers or {}), "X-Request-Id": f"t-{status}"})
+            assert_json_error(resp, status, fragment)
+            assert resp.headers["x-request-id"] == f"t-{status}"
+        # Successful management answers carry the request id too.
+        ok = server.request("GET", "/models", headers={"X-Request-Id": "list-1"})
+        assert ok.status == 200 and ok.headers["x-request-id"] == "list-1"
+        assert ok.headers["content-type"] == "application/json"
+        assert server.request("GET", "/models?limit=1").json()["models"] == [
+            {"modelName": "x", "modelUrl": url}
+        ]
+    finally:
+        assert server.request("DELETE", "/models/x").status == 200
 
 
 def test_state_is_identical_whichever_worker_answers(server, models_root, rec):

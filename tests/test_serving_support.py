@@ -157,6 +157,15 @@ class Server:
         return self.proc.returncode
 
 
+def assert_json_error(resp: Response, status: int, fragment: str) -> None:
+    """The app's one error shape: JSON ``{"error", "request_id"}``, the id also in ``X-Request-Id``."""
+    assert resp.status == status, (resp.status, resp.body)
+    assert resp.headers["content-type"] == "application/json"
+    doc = resp.json()
+    assert fragment in doc["error"], doc
+    assert doc["request_id"] == resp.headers["x-request-id"]
+
+
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "NCF_"))}
     env["NCF_BIND_HOST"] = "127.0.0.1"

@@ -1,15 +1,14 @@
-"""SageMaker hosting for ``ncf_core`` artifacts: ``serve`` runs gunicorn with the WSGI app in ``app``.
+"""SageMaker hosting for ``ncf_core`` artifacts: ``serve`` runs gunicorn with the ASGI app in ``app``.
 
 Layout (each module does one thing, so the hot path stays readable and the rest stays testable):
 
 - ``settings``   every knob, read once from the environment (SageMaker's names come from ``platform``)
 - ``errors``     HTTP errors with a status and a JSON body that says what is wrong
 - ``protocol``   content negotiation and request validation (pure functions, no web framework)
-- ``fastpath``   the numpy scorer that answers the hot request shapes without per-request framework costs
 - ``handler``    the sagemaker-inference seam: model_fn / input_fn / predict_fn / output_fn, overridable by
                  ``code/inference.py`` in the model directory
 - ``model``      one loaded model: handler + model + warm-up + health
 - ``registry``   multi-model endpoint state shared by every worker process (a locked file)
-- ``app``        the WSGI app: a framework-free fast path for /ping and /invocations, Flask for the rest
+- ``app``        the ASGI app (Starlette): one routing table, raw ASGI endpoints for the hot routes
 - ``gunicorn_config`` and ``server``: process model and the ``serve`` program
 """

@@ -1,8 +1,11 @@
 """The application: SageMaker's hosting contract over one model or a multi-model registry.
 
-It is an ASGI app run by gunicorn's asyncio worker (see ``gunicorn_config`` for why). The hot routes
-(/ping, /invocations, /models/{name}/invoke) are plain coroutines: Flask's request/response machinery costs
-more per request than the model does on the seed payload. Where an invocation runs is decided per request:
+A Starlette app with one routing table (``ServingApp.__init__``), run by gunicorn's asyncio ("asgi")
+worker (see ``gunicorn_config``). The hot routes (/ping, /invocations, /models/{name}/invoke) are raw ASGI
+endpoints in that table: they read the scope's headers and send their reply themselves, without
+Starlette's Request and Response objects, because on the seed payload the per-request costs weigh as
+much as the model does (containers/serve/README.md, Performance). The other routes are ordinary Starlette
+endpoints. Where an invocation runs is decided per request:
 
 - on the event loop when it is small (the default pipeline, a body up to ``INLINE_BODY_BYTES`` and at most
   ``NCF_INLINE_PAIRS`` scored pairs: the seed payload, one user's top-K over all items) — no thread
@@ -10,40 +13,39 @@ more per request than the model does on the seed payload. Where an invocation ru
 - in the worker's thread pool (``NCF_SERVER_THREADS``) otherwise, and always for user code, so a batch of
   thousands of users or a slow ``predict_fn`` never delays /ping or the other connections.
 
-Everything else (/execution-parameters, the MME management API, JSON 404/405s) is a Flask app, called
-through a small WSGI bridge in the thread pool (loading a model takes a while; it must not block the loop).
+Of the management routes, loading and unloading a model (they load, or wait for the registry's lock) run
+in that pool too; listing and describing models read the registry's cached state (one ``stat``) on the
+loop.
 
-Errors are JSON ``{"error": ..., "request_id": ...}`` with ``X-Request-Id``; client errors are logged at
-WARNING and server errors with their traceback, with that id. The access log (``NCF_ACCESS_LOG``) is
-written here too, and leaves out successful /ping calls.
+Every error response is built by ``ServingApp.error_response``: JSON ``{"error": ..., "request_id": ...}``
+with ``X-Request-Id`` and the error's own headers, its status from ``errors.HttpError``; Starlette's own
+404 (unknown path) and 405 (wrong method) reach it through the exception handlers. Errors are logged with
+the request id: ``HttpError``s at WARNING, anything else with its traceback. The access log
+(``NCF_ACCESS_LOG``) is written here too, and leaves out successful /ping calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
 import itertools
 import logging
 import os
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from flask import Flask, request
-from werkzeug.exceptions import HTTPException
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from .. import platform
-from .errors import (
-    BadRequest,
-    GatewayTimeout,
-    HttpError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-)
+from .errors import BadRequest, GatewayTimeout, HttpError, NotFound, PayloadTooLarge
 from .handler import Context
 from .model import LOADING, ServedModel
 from .registry import ModelRegistry
@@ -52,23 +54,33 @@ from .settings import Settings
 log = logging.getLogger("ncf_sagemaker.serving.app")
 access_log = logging.getLogger("ncf_sagemaker.serving.access")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 INLINE_BODY_BYTES = 64 * 1024
 # A body over the limit is read (and dropped) up to this much further, so the client, which is still
 # sending, gets its 413 instead of a connection reset; beyond that the connection is closed.
 DRAIN_LIMIT = 64 * 2**20
+INTERNAL_ERROR = "internal error; see the server log"
 
 _CUSTOM_ATTRIBUTES = platform.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 _JSON = b"application/json"
-_MODELS_PREFIX = "/models/"
-_INVOKE_SUFFIX = "/invoke"
+# What this app keeps in a request's ASGI scope: when the request arrived, and its id.
+_START = "ncf.start"
+_RID = "ncf.request_id"
 
 
-class ServingApp:
-    """ASGI callable. ``model`` serves /invocations; ``registry`` (multi-model mode) serves /models."""
+class _Asgi:
+    """A raw ASGI endpoint for a ``Route`` (Starlette wraps a plain function as request → response)."""
+
+    __slots__ = ("endpoint",)
+
+    def __init__(self, endpoint: Callable[[Scope, Receive, Send], Any]):
+        self.endpoint = endpoint
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        return self.endpoint(scope, receive, send)
+
+
+class ServingApp(Starlette):
+    """The ASGI app. ``model`` serves /invocations; ``registry`` (multi-model mode) serves /models."""
 
     def __init__(
         self, settings: Settings, model: ServedModel | None = None, registry: ModelRegistry | None = None
@@ -85,7 +97,32 @@ class ServingApp:
         self.pool: ThreadPoolExecutor | None = None
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
-        self.flask = _management_app(self)
+        super().__init__(
+            # The routing table: the hot routes first (the router tries the routes in order).
+            routes=[
+                Route("/invocations", _Asgi(self._invoke), methods=["POST"]),
+                Route("/ping", _Asgi(self._ping), methods=["GET"]),
+                Route("/models/{name}/invoke", _Asgi(self._invoke), methods=["POST"]),
+                Route("/execution-parameters", self._execution_parameters, methods=["GET"]),
+                Route("/models", self._load_model, methods=["POST"]),
+                Route("/models", self._list_models, methods=["GET"]),
+                Route("/models/{name}", self._describe_model, methods=["GET"]),
+                Route("/models/{name}", self._unload_model, methods=["DELETE"]),
+            ],
+            exception_handlers={
+                HTTPException: self._on_starlette_error,
+                HttpError: self._on_http_error,
+                Exception: self._on_unexpected_error,
+            },
+            lifespan=self._lifespan,
+        )
+        # Exact paths only: /ping/ is an unknown path (404), not a redirect to /ping.
+        self.router.redirect_slashes = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[_START] = time.perf_counter()
+        await super().__call__(scope, receive, send)
 
     # ------------------------------------------------------------------ process lifecycle
     def start(self) -> None:
@@ -106,6 +143,18 @@ class ServingApp:
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            self.start()
+        except Exception:
+            log.exception("worker start-up failed")
+            raise  # Starlette reports lifespan.startup.failed; gunicorn does not boot the worker
+        try:
+            yield
+        finally:
+            self.stop()
+
     async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self.pool is not None, "start() runs before the first request"
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -120,63 +169,45 @@ class ServingApp:
                 f"the prediction took longer than {platform.MODEL_SERVER_TIMEOUT_ENV}={timeout} s"
             ) from None
 
-    # ------------------------------------------------------------------ ASGI entry
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            path = scope["path"]
-            if path == "/invocations":
-                await self._invoke(scope, receive, send, None)
-            elif path == "/ping":
-                await self._ping(scope, send)
-            elif path.startswith(_MODELS_PREFIX) and path.endswith(_INVOKE_SUFFIX):
-                name = path[len(_MODELS_PREFIX) : -len(_INVOKE_SUFFIX)]
-                if name and "/" not in name:
-                    await self._invoke(scope, receive, send, name)
-                else:
-                    await self._management(scope, receive, send)
-            else:
-                await self._management(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    self.start()
-                except Exception as exc:
-                    log.exception("worker start-up failed")
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                self.stop()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
+    # ------------------------------------------------------------------ request ids
     def request_id(self, given: str | None = None) -> str:
+        """The client's ``X-Request-Id`` when it sent a usable one, else ``<pid>-<counter>`` (hex)."""
         if given and len(given) <= 128:
             return given
         return f"{self._prefix}-{next(self._ids):x}"
 
+    def _request_id(self, scope: Scope) -> str:
+        """This request's id, decided once and kept in the scope (the error handlers read it there)."""
+        rid = scope.get(_RID)
+        if rid is None:
+            given = _header(scope, b"x-request-id")
+            rid = scope[_RID] = self.request_id(None if given is None else given.decode("latin-1"))
+        return rid
+
     # ------------------------------------------------------------------ /ping
-    async def _ping(self, scope: Scope, send: Send) -> None:
-        start = time.perf_counter()
-        rid = self.request_id()
-        if scope["method"] not in ("GET", "HEAD"):
-            await self._error(scope, send, MethodNotAllowed("/ping answers GET"), rid, start)
-            return
+    async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = self._request_id(scope)
         status, message = (200, "ready") if self.model is None else self.model.health()
         body = orjson.dumps({"status": "healthy" if status == 200 else "unhealthy", "message": message})
-        await _respond(send, status, body, _JSON, rid)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", _JSON),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", rid.encode("latin-1")),
+                ],
+            }
+        )
+        # HEAD (load balancers' health checks): the headers only; a body would be dropped with a warning.
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
         if status != 200:
-            self._access(scope, status, len(body), rid, start)
+            self._access(scope, status, len(body))
 
     # ------------------------------------------------------------------ invocations
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send, name: str | None) -> None:
-        start = time.perf_counter()
+    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /invocations, and POST /models/{name}/invoke (``name`` from the route)."""
         content_type = accept = attributes = given_id = length = None
         for key, value in scope["headers"]:
             if key == b"content-type":
@@ -189,10 +220,9 @@ class ServingApp:
                 attributes = value.decode("latin-1")
             elif key == b"x-request-id":
                 given_id = value.decode("latin-1")
-        rid = self.request_id(given_id)
+        rid = scope[_RID] = self.request_id(given_id)
+        name = scope["path_params"].get("name")
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed("invocations take POST")
             body = await self._read_body(receive, length)
             model = await self._target(name)
             if model.state == LOADING:  # another worker may have said 200 to /ping: wait, don't fail
@@ -207,12 +237,10 @@ class ServingApp:
                 reply = model.run(prepared, context)
             else:
                 reply = await self._timed(model.run, prepared, context)
-        except HttpError as exc:
-            await self._error(scope, send, exc, rid, start)
-            return
-        except Exception:
-            log.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
-            await self._error(scope, send, HttpError("internal error; see the server log"), rid, start)
+        except Exception as exc:
+            # Answered here, not by the handler for Exception: Starlette re-raises to the server after that
+            # one, and the server then closes the connection; a failing predict_fn is one failed request.
+            await self.error_response(scope, exc)(scope, receive, send)
             return
         headers = [
             (b"content-type", reply.content_type.encode("latin-1")),
@@ -223,7 +251,7 @@ class ServingApp:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
         if self.log_all:
-            self._access(scope, 200, len(reply.body), rid, start)
+            self._access(scope, 200, len(reply.body))
 
     async def _target(self, name: str | None) -> ServedModel:
         if self.registry is not None:
@@ -237,6 +265,7 @@ class ServingApp:
         return self.model
 
     async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
+        """The whole body, up to SAGEMAKER_MAX_PAYLOAD_IN_MB (413 above it, after draining the rest)."""
         limit = self.max_body
         if length is not None:
             try:
@@ -271,32 +300,110 @@ class ServingApp:
             f"({platform.MAX_PAYLOAD_IN_MB_ENV}); split the request"
         )
 
-    # ------------------------------------------------------------------ management (Flask)
-    async def _management(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = time.perf_counter()
-        rid = self.request_id()
+    # ------------------------------------------------------------------ batch transform and MME management
+    async def _execution_parameters(self, request: Request) -> Response:
+        s = self.settings
+        return self._json(
+            request,
+            {
+                "MaxConcurrentTransforms": s.max_concurrent_transforms,
+                "BatchStrategy": "MULTI_RECORD",
+                "MaxPayloadInMB": s.max_payload_bytes // 2**20,
+            },
+        )
+
+    async def _load_model(self, request: Request) -> Response:
+        body = await self._read_body(request.receive, _header(request.scope, b"content-length"))
+        registry = self._registry()
         try:
-            body = await self._read_body(receive, _header(scope, b"content-length"))
-        except HttpError as exc:
-            await self._error(scope, send, exc, rid, start)
-            return
-        status, headers, payload = await self._in_pool(_call_wsgi, self.flask, _environ(scope, body))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
-        if self.log_all or status >= 400:
-            self._access(scope, status, len(payload), _header_text(headers, b"x-request-id") or rid, start)
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise BadRequest('body must be {"model_name": ..., "url": ...}')
+        entry = await self._in_pool(registry.load, doc.get("model_name"), doc.get("url"))
+        return self._json(request, {"status": f"model {entry.name} loaded", **entry.describe()})
+
+    async def _list_models(self, request: Request) -> Response:
+        registry = self._registry()
+        params = request.query_params
+        raw = params.get("page_size", params.get("limit"))
+        try:
+            limit = None if raw is None else int(raw)
+        except ValueError:
+            raise BadRequest(f"page size {raw!r} is not an integer") from None
+        return self._json(request, registry.page(params.get("next_page_token"), limit))
+
+    async def _describe_model(self, request: Request) -> Response:
+        return self._json(request, self._registry().describe(request.path_params["name"]))
+
+    async def _unload_model(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        await self._in_pool(self._registry().unload, name)
+        return self._json(request, {"status": f"model {name} unloaded"})
+
+    def _registry(self) -> ModelRegistry:
+        if self.registry is None:
+            raise NotFound(f"the multi-model API needs {platform.MULTI_MODEL_ENV}=true")
+        return self.registry
+
+    def _json(self, request: Request, obj: Any) -> Response:
+        """A management route's 200: JSON with the request id (and its access-log line)."""
+        scope = request.scope
+        body = orjson.dumps(obj)
+        if self.log_all:
+            self._access(scope, 200, len(body))
+        return Response(body, 200, {"X-Request-Id": self._request_id(scope)}, "application/json")
 
     # ------------------------------------------------------------------ errors and logs
-    async def _error(self, scope: Scope, send: Send, exc: HttpError, rid: str, start: float) -> None:
-        if exc.status < 500:
-            method, path = scope["method"], scope["path"]
+    def error_response(self, scope: Scope, exc: Exception) -> Response:
+        """The one error response (and its log lines): an ``HttpError`` as it is, anything else a 500."""
+        rid = self._request_id(scope)
+        method, path = scope["method"], scope["path"]
+        if isinstance(exc, HttpError):
             log.warning("request %s: %s %s -> %d: %s", rid, method, path, exc.status, exc.message)
+        else:
+            log.error("request %s: %s %s failed", rid, method, path, exc_info=exc)
+            exc = HttpError(INTERNAL_ERROR)
         body = orjson.dumps({"error": exc.message, "request_id": rid})
-        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers]
-        await _respond(send, exc.status, body, _JSON, rid, extra)
-        self._access(scope, exc.status, len(body), rid, start)
+        self._access(scope, exc.status, len(body))
+        return Response(body, exc.status, {**dict(exc.headers), "X-Request-Id": rid}, "application/json")
 
-    def _access(self, scope: Scope, status: int, size: int, rid: str, start: float) -> None:
+    async def _on_http_error(self, request: Request, exc: Exception) -> Response:
+        return self.error_response(request.scope, exc)
+
+    async def _on_starlette_error(self, request: Request, exc: Exception) -> Response:
+        """The router's own errors: no route for the path (404), or not for this method (405)."""
+        assert isinstance(exc, HTTPException)
+        scope = request.scope
+        method, path = scope["method"], scope["path"]
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            message = f"there is no route {path} on this server"
+        elif exc.status_code == 405:
+            allowed = self._allowed_methods(scope)
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{path} answers {', '.join(allowed)}, not {method}"
+        else:
+            message = exc.detail
+        await _drain(request.receive)  # no endpoint read the body: drop it, so the client reads the answer
+        error = HttpError(message, headers=tuple(headers.items()))
+        error.status = exc.status_code
+        return self.error_response(scope, error)
+
+    async def _on_unexpected_error(self, request: Request, exc: Exception) -> Response:
+        """Anything else that escaped an endpoint (Starlette then re-raises it, and the server closes)."""
+        return self.error_response(request.scope, exc)
+
+    def _allowed_methods(self, scope: Scope) -> list[str]:
+        """Every method some route answers at this path (the routes of one path may be several)."""
+        allowed: set[str] = set()
+        for route in self.routes:
+            if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE:
+                allowed |= route.methods
+        return sorted(allowed)
+
+    def _access(self, scope: Scope, status: int, size: int) -> None:
         if not self.log_errors:
             return
         client = scope.get("client") or ("-", 0)
@@ -309,22 +416,9 @@ class ServingApp:
             target,
             status,
             size,
-            (time.perf_counter() - start) * 1000,
-            rid,
+            (time.perf_counter() - scope.get(_START, time.perf_counter())) * 1000,
+            scope.get(_RID, "-"),
         )
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, content_type: bytes, rid: str, extra: list | None = None
-) -> None:
-    headers = [
-        (b"content-type", content_type),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", rid.encode("latin-1")),
-        *(extra or ()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _drain(receive: Receive) -> None:
@@ -344,148 +438,3 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
-
-
-def _header_text(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
-# --------------------------------------------------------------------------------------------- WSGI bridge
-def _environ(scope: Scope, body: bytes) -> dict[str, Any]:
-    """A PEP 3333 environ for an ASGI HTTP scope whose body has been read."""
-    server = scope.get("server") or ("localhost", 80)
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": scope["method"],
-        "SCRIPT_NAME": "",
-        "PATH_INFO": scope["path"],
-        "QUERY_STRING": (scope.get("query_string") or b"").decode("latin-1"),
-        "SERVER_NAME": str(server[0]),
-        "SERVER_PORT": str(server[1]),
-        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
-        "REMOTE_ADDR": (scope.get("client") or ("",))[0],
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scope.get("scheme", "http"),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-    }
-    for key, value in scope["headers"]:
-        name = key.decode("latin-1").upper().replace("-", "_")
-        text = value.decode("latin-1")
-        if name == "CONTENT_TYPE":
-            environ["CONTENT_TYPE"] = text
-        elif name != "CONTENT_LENGTH":
-            http_name = "HTTP_" + name
-            environ[http_name] = f"{environ[http_name]},{text}" if http_name in environ else text
-    return environ
-
-
-def _call_wsgi(app: Flask, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    captured: list[Any] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        captured[:] = [status, headers]
-
-    chunks = app(environ, start_response)
-    try:
-        payload = b"".join(chunks)
-    finally:
-        if hasattr(chunks, "close"):
-            chunks.close()
-    status, headers = captured
-    return (
-        int(status.split(" ", 1)[0]),
-        [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-        payload,
-    )
-
-
-# --------------------------------------------------------------------------------------------- Flask part
-def _management_app(app: ServingApp) -> Flask:
-    """/execution-parameters and the multi-model management API, with JSON errors for everything."""
-    flask = Flask("ncf_sagemaker.serving")
-
-    def reply(obj: Any, status: int = 200):
-        return flask.response_class(orjson.dumps(obj), status=status, mimetype="application/json")
-
-    def registry() -> ModelRegistry:
-        if app.registry is None:
-            raise NotFound(f"the multi-model API needs {platform.MULTI_MODEL_ENV}=true")
-        return app.registry
-
-    @flask.get("/execution-parameters")
-    def execution_parameters():
-        s = app.settings
-        return reply(
-            {
-                "MaxConcurrentTransforms": s.max_concurrent_transforms,
-                "BatchStrategy": "MULTI_RECORD",
-                "MaxPayloadInMB": s.max_payload_bytes // 2**20,
-            }
-        )
-
-    @flask.post("/models")
-    def load_model():
-        reg = registry()
-        try:
-            doc = orjson.loads(request.get_data(cache=False))
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise BadRequest('body must be {"model_name": ..., "url": ...}')
-        entry = reg.load(doc.get("model_name"), doc.get("url"))
-        return reply({"status": f"model {entry.name} loaded", **entry.describe()})
-
-    @flask.get("/models")
-    def list_models():
-        token = request.args.get("next_page_token")
-        raw = request.args.get("page_size", request.args.get("limit"))
-        try:
-            limit = None if raw is None else int(raw)
-        except ValueError:
-            raise BadRequest(f"page size {raw!r} is not an integer") from None
-        return reply(registry().page(token, limit))
-
-    @flask.get("/models/<name>")
-    def get_model(name: str):
-        return reply(registry().describe(name))
-
-    @flask.delete("/models/<name>")
-    def unload_model(name: str):
-        registry().unload(name)
-        return reply({"status": f"model {name} unloaded"})
-
-    @flask.errorhandler(HttpError)
-    def http_error(exc: HttpError):
-        rid = app.request_id(request.headers.get("X-Request-Id"))
-        if exc.status < 500:
-            method, path = request.method, request.path
-            log.warning("request %s: %s %s -> %d: %s", rid, method, path, exc.status, exc.message)
-        return _flask_error(flask, exc.status, exc.message, rid)
-
-    @flask.errorhandler(HTTPException)
-    def werkzeug_error(exc: HTTPException):
-        rid = app.request_id(request.headers.get("X-Request-Id"))
-        return _flask_error(flask, exc.code or 500, exc.description or exc.name, rid)
-
-    @flask.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        rid = app.request_id(request.headers.get("X-Request-Id"))
-        log.exception("request %s: %s %s failed", rid, request.method, request.path)
-        return _flask_error(flask, 500, "internal error; see the server log", rid)
-
-    return flask
-
-
-def _flask_error(flask: Flask, status: int, message: str, rid: str):
-    response = flask.response_class(
-        orjson.dumps({"error": message, "request_id": rid}), status=status, mimetype="application/json"
-    )
-    response.headers["X-Request-Id"] = rid
-    return response

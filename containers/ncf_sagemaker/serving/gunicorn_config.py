@@ -1,18 +1,19 @@
 """gunicorn settings: the process and concurrency model of the server.
 
 - ``workers`` processes (``SAGEMAKER_MODEL_SERVER_WORKERS``, default 1: one model copy) of gunicorn's
-  asyncio ("asgi") worker. One event loop per process and no thread hand-offs on the hot path: measured
-  here on a trivial app, gthread workers (a poller thread passing each request to a pool and back, every
-  hand-off a GIL transfer) managed 5,000-11,000 req/s where the asyncio worker managed 9,000-29,000.
+  asyncio ("asgi") worker running the Starlette app in ``app``. One event loop per process and no thread
+  hand-off on the hot path, where a threaded worker (gthread) passes every request from its poller thread
+  to a pool and back, a GIL transfer each way (containers/serve/README.md, Design and Performance, has
+  the measurements that chose this worker).
 - Each process has one model copy and a thread pool (``NCF_SERVER_THREADS``, default 4) for the requests
   that are too big to run on the event loop (see ``app``), so /ping stays fast under any load.
 - One PyTorch / BLAS thread per process (``NCF_TORCH_THREADS``): requests already run in parallel across
-  processes, and intra-op threads on top oversubscribe the cores (measured in the issue: 120 req/s instead
-  of 2,110 with PyTorch's default threads and 2 workers).
+  processes and the pool, and intra-op threads on top of them oversubscribe the cores.
 - The master imports nothing heavy (no ``preload_app``): each worker imports torch and loads its model
   itself, after the fork (CUDA cannot be initialised before one), in a background thread started by the
-  ASGI lifespan, so /ping answers 503 while it loads. Preloading torch in the master would share ~190 MB
-  copy-on-write but count it twice in every RSS sum (measured: 447 MB vs 297 MB for one worker).
+  ASGI lifespan, so /ping answers 503 while it loads. Preloading torch in the master would share its pages
+  copy-on-write, but every RSS sum (what memory limits and dashboards read) would count them once per
+  process.
 - SIGTERM (``docker stop``, SageMaker): each worker stops accepting, lets in-flight requests finish (up to
   ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` seconds), then exits; kept-alive idle connections close within
   ``KEEPALIVE_S``.

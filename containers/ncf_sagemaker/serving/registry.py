@@ -13,7 +13,7 @@ that were unloaded, which is what releases their memory.
 
 Memory budget: loading is refused with 507 when the registered models' cost would exceed it, a model's
 cost being ``COST_FACTOR`` × its artifact's size on disk × the number of worker processes (measured for
-NeuMF on ML-1M: 10.5 MB of files take about 24 MB in one process with the fast path).
+NeuMF on ML-1M: see containers/serve/README.md).
 """
 
 from __future__ import annotations

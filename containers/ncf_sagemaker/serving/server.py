@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_app(settings: settings_module.Settings) -> Any:
-    """The WSGI app for ``settings`` (imports torch: call it after the thread variables are set)."""
+    """The ASGI app for ``settings`` (imports torch: call it after the thread variables are set)."""
     from .app import ServingApp
     from .model import ServedModel
     from .registry import ModelRegistry
