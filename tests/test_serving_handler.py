@@ -12,8 +12,7 @@ from ncf_core.inference import Recommender
 from ncf_sagemaker.serving import handler as handler_module
 from ncf_sagemaker.serving import protocol
 from ncf_sagemaker.serving.errors import BadRequest, ServiceUnavailable
-from ncf_sagemaker.serving.handler import Context, load_handler
-from ncf_sagemaker.serving.model import FAILED, READY, ServedModel
+from ncf_sagemaker.serving.handler import FAILED, READY, Context, ServedModel, load_handler
 from tests.test_serving_support import copy_model, group_of_item, group_of_user
 
 
@@ -153,7 +152,7 @@ def test_health_is_503_until_warm_up_succeeded(model_dir, monkeypatch):
     model = ServedModel(model_dir)
     assert model.health()[0] == 503 and "loading" in model.health()[1]
     handler = handler_module.Handler(warmup_fn=failing_warmup)
-    monkeypatch.setattr("ncf_sagemaker.serving.model.load_handler", lambda *a: handler)
+    monkeypatch.setattr("ncf_sagemaker.serving.handler.load_handler", lambda *a: handler)
     model.load()
     assert calls and model.health() == (503, model.error)
     assert "warm-up prediction failed" in model.error

@@ -46,8 +46,7 @@ from starlette.types import Receive, Scope, Send
 
 from .. import platform
 from .errors import BadRequest, GatewayTimeout, HttpError, NotFound, PayloadTooLarge
-from .handler import Context
-from .model import LOADING, ServedModel
+from .handler import LOADING, Context, ServedModel
 from .registry import ModelRegistry
 from .settings import Settings
 

@@ -38,7 +38,7 @@ import orjson
 from ncf_core.artifact import is_artifact
 
 from .errors import BadRequest, Conflict, InsufficientStorage, NotFound, ServiceUnavailable
-from .model import ServedModel
+from .handler import ServedModel
 
 log = logging.getLogger("ncf_sagemaker.serving.registry")
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_app(settings: settings_module.Settings) -> Any:
     """The ASGI app for ``settings`` (imports torch: call it after the thread variables are set)."""
     from .app import ServingApp
-    from .model import ServedModel
+    from .handler import ServedModel
     from .registry import ModelRegistry
 
     if settings.multi_model:
