@@ -8,8 +8,7 @@ much as the model does (containers/serve/README.md, Performance). The other rout
 endpoints. Where an invocation runs is decided per request:
 
 - on the event loop when it is small (the default pipeline, a body up to ``INLINE_BODY_BYTES`` and at most
-  ``NCF_INLINE_PAIRS`` scored pairs: the seed payload, one user's top-K over all items) — no thread
-  hand-off;
+  ``NCF_INLINE_PAIRS`` scored pairs: the seed payload) — no thread hand-off;
 - in the worker's thread pool (``NCF_SERVER_THREADS``) otherwise, and always for user code, so a batch of
   thousands of users or a slow ``predict_fn`` never delays /ping or the other connections.
 
