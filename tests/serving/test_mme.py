@@ -12,7 +12,7 @@ import pytest
 
 from ncf_sagemaker.serving.errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from ncf_sagemaker.serving.registry import COST_FACTOR, ModelRegistry, artifact_bytes
-from tests.test_serving_support import assert_json_error, copy_model, running_server
+from tests.support.serving import assert_json_error, copy_model, running_server
 
 WORKERS = 2
 BUDGET_MB = 2  # holds a handful of the small test models (each worker holds a copy of each)

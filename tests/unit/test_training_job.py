@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -20,8 +19,9 @@ from ncf_core.errors import ConfigError
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig, list_checkpoints
 from ncf_sagemaker.training import hyperparameters
-from tests.sagemaker_tree import ROOT, SageMakerTree
-from tests.synthetic import SMALL_DATA, write_ncf_files, write_ratings_csv
+from tests.support import ROOT, free_port
+from tests.support.sagemaker_tree import SageMakerTree
+from tests.support.synthetic import SMALL_DATA, write_ncf_files, write_ratings_csv
 
 # The workshop's estimator hyperparameters, as SageMaker delivers them (strings, some JSON-encoded).
 WORKSHOP_HPS = {
@@ -47,12 +47,6 @@ def tree(tmp_path: Path) -> SageMakerTree:
     t = SageMakerTree(tmp_path / "ml")
     write_ratings_csv(t.channel("train") / "interactions.csv")
     return t
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------ hyperparameters

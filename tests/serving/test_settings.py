@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ncf_sagemaker.serving.settings import Settings, SettingsError
-from tests.test_serving_support import server_env
+from tests.support.serving import server_env
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
+
 DOCKER = os.environ.get("NCF_DOCKER", "docker")
 PYTHON_IMAGE = "ncf-python:bookworm"
 _BUILD_ENV = {**os.environ, "DOCKER_BUILDKIT": "0"}
@@ -112,13 +112,6 @@ def remove_image(tag: str) -> None:
     _docker("rmi", "--force", tag, check=False)
     for key in [k for k, v in _built.items() if v == tag]:
         del _built[key]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for servers run on the host)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def docker_run(

@@ -16,9 +16,9 @@ from ncf_core import artifact
 from ncf_core import data as ncf_data
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig, list_checkpoints
-from tests import docker_harness as dh
-from tests.conftest import require_file, shared_data_dir
-from tests.sagemaker_tree import SageMakerTree
+from tests.support import docker_harness as dh
+from tests.support import require_file, shared_data_dir
+from tests.support.sagemaker_tree import SageMakerTree
 
 pytestmark = pytest.mark.docker
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from ncf_core.inference import Recommender
-from tests.test_serving_support import (
+from tests.support.serving import (
     assert_json_error,
     copy_model,
     group_of_item,

@@ -8,7 +8,7 @@ import pytest
 
 from ncf_core import data as ncf_data
 from ncf_core.errors import DataError
-from tests.conftest import require_file, shared_data_dir
+from tests.support import require_file, shared_data_dir
 
 
 def write(path: Path, text: str) -> Path:

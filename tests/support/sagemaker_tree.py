@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 class SageMakerTree:
     def __init__(self, base: Path):

@@ -13,7 +13,7 @@ from ncf_sagemaker.serving import handler as handler_module
 from ncf_sagemaker.serving import protocol
 from ncf_sagemaker.serving.errors import BadRequest, ServiceUnavailable
 from ncf_sagemaker.serving.handler import FAILED, READY, Context, ServedModel, load_handler
-from tests.test_serving_support import copy_model, group_of_item, group_of_user
+from tests.support.serving import copy_model, group_of_item, group_of_user
 
 
 def ctx() -> Context:

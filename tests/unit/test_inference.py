@@ -8,7 +8,7 @@ from ncf_core.errors import UnknownIdError
 from ncf_core.inference import IdMap, Recommender
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig
-from tests.synthetic import SMALL_DATA, write_ratings_csv
+from tests.support.synthetic import SMALL_DATA, write_ratings_csv
 
 CFG = TrainConfig(factor=8, num_layers=2, epochs=6, batch_size=512, lr=0.01, **SMALL_DATA)
 

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.docker_harness import (
+from tests.support.docker_harness import (
     PYTHON_IMAGE,
     build_image,
     docker_run,

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests import docker_harness as dh
-from tests.conftest import require_file, shared_data_dir
-from tests.test_serving_support import SEED_PAYLOAD
+from tests.support import ROOT, require_file, shared_data_dir
+from tests.support import docker_harness as dh
+from tests.support.serving import SEED_PAYLOAD
 
 pytestmark = [pytest.mark.docker, pytest.mark.movielens]
 
-ROOT = Path(__file__).resolve().parents[1]
+
 SEED = SEED_PAYLOAD
 ML100K_ITEMS = 1682  # ML-100K item ids are 1..1682, users 1..943
 

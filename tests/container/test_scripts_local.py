@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker_harness import (
+from tests.support import ROOT
+from tests.support.docker_harness import (
     PYTHON_IMAGE,
-    ROOT,
     build_project_image,
     docker_run,
     remove_image,
@@ -28,7 +28,7 @@ from tests.docker_harness import (
     running_container,
     wait_for_http,
 )
-from tests.synthetic import write_ncf_files
+from tests.support.synthetic import write_ncf_files
 
 pytestmark = pytest.mark.docker
 

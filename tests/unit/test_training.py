@@ -12,7 +12,7 @@ import torch
 from ncf_core.errors import ConfigError
 from ncf_core.evaluation import evaluate, evaluate_scores
 from ncf_core.training import TrainConfig, Trainer, list_checkpoints, train
-from tests.synthetic import SMALL_DATA
+from tests.support.synthetic import SMALL_DATA
 
 FAST = TrainConfig(
     model="neumf", factor=8, num_layers=2, epochs=6, batch_size=512, lr=0.01, seed=3, **SMALL_DATA

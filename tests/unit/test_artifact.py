@@ -13,7 +13,7 @@ from ncf_core.errors import ArtifactError
 from ncf_core.models import NCF, ModelConfig
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig
-from tests.synthetic import SMALL_DATA
+from tests.support.synthetic import SMALL_DATA
 
 CFG = TrainConfig(factor=8, num_layers=2, epochs=2, batch_size=512, lr=0.01, **SMALL_DATA)
 

@@ -10,7 +10,7 @@ from ncf_core.evaluation import evaluate
 from ncf_core.models import neumf_from_pretrained
 from ncf_core.pretraining import ALPHA_GRID, PAPER_ALPHA, combine, pick_alpha
 from ncf_core.training import TrainConfig, train
-from tests.synthetic import SMALL_DATA
+from tests.support.synthetic import SMALL_DATA
 
 CFG = TrainConfig(factor=8, num_layers=2, epochs=4, batch_size=512, seed=3, **SMALL_DATA)
 

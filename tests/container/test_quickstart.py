@@ -7,8 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.conftest import ROOT
-from tests.docker_harness import free_port
+from tests.support import ROOT, free_port
 
 
 def answer_after(lines: list[str], heading: str):

@@ -1,6 +1,6 @@
 """Shared helpers for the serving tests: a trained artifact, a real ``serve`` process, an HTTP client.
 
-The artifact is a small NeuMF trained on ``tests.synthetic``'s planted groups, so tests can check that
+The artifact is a small NeuMF trained on ``tests.support.synthetic``'s planted groups, so tests can check that
 answers come from the model (a user's recommendations are items of the user's own group), not just that
 they have the right shape. It is trained once per test session, whichever module asks first.
 
@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,10 +29,11 @@ import pytest
 from ncf_core import data as ncf_data
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig
-from tests.synthetic import SMALL_DATA, write_ratings_csv
+from tests.support.net import free_port
+from tests.support.paths import ROOT
+from tests.support.synthetic import SMALL_DATA, write_ratings_csv
 
-ROOT = Path(__file__).resolve().parents[1]
-GROUPS = 6  # tests.synthetic's default: user u and item i share a group when u % 6 == i % 6
+GROUPS = 6  # tests.support.synthetic's default: user u and item i share a group when u % 6 == i % 6
 # The seed workshop's request (user 0 against 100 ML-1M items): one copy, shared with scripts/invoke.sh.
 SEED_PAYLOAD = json.loads((ROOT / "scripts" / "payloads" / "seed.json").read_text())
 SEED_ITEMS = SEED_PAYLOAD["item"]
@@ -58,7 +58,7 @@ def trained_artifact(base: Path) -> Path:
 
 
 def group_of_user(raw_user: int) -> int:
-    """tests.synthetic writes user u as u + 1 and item i as i + 10."""
+    """tests.support.synthetic writes user u as u + 1 and item i as i + 10."""
     return (raw_user - 1) % GROUPS
 
 
@@ -76,12 +76,6 @@ def copy_model(src: Path, dst: Path, inference_py: str | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Response:
     status: int
@@ -198,19 +192,3 @@ def running_server(
 
 
 # ---------------------------------------------------------------------------------- the helpers' tests
-def test_trained_artifact_learned_the_planted_groups(tmp_path_factory):
-    from ncf_core.inference import Recommender
-
-    rec = Recommender.load(trained_artifact(tmp_path_factory.getbasetemp()))
-    for user in (1, 2, 9):
-        top = rec.recommend(user, 5).items
-        assert [group_of_item(i) for i in top] == [group_of_user(user)] * 5, (user, top)
-
-
-def test_server_helper_stops_the_process(tmp_path, tmp_path_factory):
-    model = trained_artifact(tmp_path_factory.getbasetemp())
-    with running_server(tmp_path, model, {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}) as server:
-        assert server.request("GET", "/ping").status == 200
-    assert server.proc.returncode == 0
-    with pytest.raises(OSError):
-        server.request("GET", "/ping", timeout=2)

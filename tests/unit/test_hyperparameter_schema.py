@@ -20,7 +20,7 @@ from ncf_launch.common import UsageError
 from ncf_launch.train import check_hyperparameters
 from ncf_sagemaker import platform
 from ncf_sagemaker.training import hyperparameters
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 HYPERPARAMETER_ENTRIES = [e for e in config.entries() if e.hyperparameter is not None]
 
