@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, require_file, shared_data_dir
+from tests.support import ROOT, free_port, require_file, shared_data_dir
 from tests.support import docker_harness as dh
 from tests.support.serving import SEED_PAYLOAD
 
@@ -46,7 +46,7 @@ class Compose:
     def __init__(self, tmp: Path):
         self.cmd = compose_command()
         self.project = dh.unique_name("ncf-compose")
-        self.serve_port, self.mme_port = dh.free_port(), dh.free_port()
+        self.serve_port, self.mme_port = free_port(), free_port()
         self.model_dir = tmp / "model"
         self.models_dir = tmp / "models"
         self.env = {
