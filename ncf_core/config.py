@@ -58,19 +58,13 @@ def spec(
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One setting as the CLI, the SageMaker parser and the README see it."""
+class Entry(_Spec):
+    """One setting as the CLI, the SageMaker parser and the README see it: its spec, names resolved."""
 
     section: type  # TrainConfig or DataConfig
     name: str  # the dataclass field
     kind: type  # int, float, str or bool (None is allowed when the default is None)
     default: Any
-    help: str
-    hyperparameter: str | None
-    aliases: tuple[str, ...]
-    flag: str
-    choices: tuple[str, ...] | None
-    auto: bool
 
 
 @dataclass
@@ -215,7 +209,9 @@ def entries() -> tuple[Entry, ...]:
                 "hyperparameter": f.name if s.hyperparameter == _FIELD_NAME else s.hyperparameter,
                 "flag": s.flag or "--" + f.name.replace("_", "-"),
             }
-            out.append(Entry(section, f.name, _kind(hints[f.name]), f.default, **resolved))
+            out.append(
+                Entry(section=section, name=f.name, kind=_kind(hints[f.name]), default=f.default, **resolved)
+            )
     return tuple(out)
 
 

@@ -156,10 +156,10 @@ class Recommender:
         self._popularity_score = (pop / pop.max()) if pop.max() > 0 else pop
         if backend == "auto":
             backend = "numpy" if self.device.type == "cpu" else "torch"
-        self.reference = build_scorer(self.model, "torch")
-        self.scorer: Scorer = self.reference if backend == "torch" else build_scorer(self.model, backend)
-        if self.scorer is not self.reference:
-            worst = self.check_backend()
+        reference = TorchScorer(self.model)  # kept only when it is the backend: its tables cost memory
+        self.scorer: Scorer = reference if backend == "torch" else build_scorer(self.model, backend)
+        if self.scorer is not reference:
+            worst = self.check_backend(reference)
             if not worst <= SELF_CHECK_TOLERANCE:
                 raise BackendMismatchError(
                     f"the {backend} scorer differs from the torch network by {worst:.3g} "
@@ -182,7 +182,7 @@ class Recommender:
     def backend(self) -> str:
         return self.scorer.name
 
-    def check_backend(self, samples: int = 64) -> float:
+    def check_backend(self, reference: Scorer, samples: int = 64) -> float:
         """Largest logit difference between the backend and the torch network (relative to the logit's
         size, floored at 1), on pairs spread over both id maps and on one user against all and some
         items: the code paths requests take."""
@@ -192,9 +192,9 @@ class Recommender:
         one = int(users[samples // 2])
         worst = 0.0
         for got, want in (
-            (self.scorer.pairs(users, items), self.reference.pairs(users, items)),
-            (self.scorer.user(one, None), self.reference.user(one, None)),
-            (self.scorer.user(one, items), self.reference.user(one, items)),
+            (self.scorer.pairs(users, items), reference.pairs(users, items)),
+            (self.scorer.user(one, None), reference.user(one, None)),
+            (self.scorer.user(one, items), reference.user(one, items)),
         ):
             want = want.astype(np.float64)
             gap = np.abs(got.astype(np.float64) - want) / np.maximum(1.0, np.abs(want))
