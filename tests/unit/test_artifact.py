@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +72,145 @@ def rewrite_config(m: Path, change) -> None:
     config = json.loads((m / artifact.CONFIG_FILE).read_text())
     change(config)
     (m / artifact.CONFIG_FILE).write_text(json.dumps(config))
+
+
+def rewrite_file(m: Path, name: str, content: bytes) -> None:
+    """Replace one artifact file and record its new checksum, as a careless or hostile edit would."""
+    (m / name).write_bytes(content)
+    rewrite_config(m, lambda c: c["files"].update({name: hashlib.sha256(content).hexdigest()}))
+
+
+@pytest.mark.parametrize("name", artifact.CHECKSUMMED_FILES)
+def test_every_needed_file_must_have_a_checksum(saved, tmp_path, name):
+    m = copy(saved, tmp_path)
+    data = bytearray((m / "model.pt").read_bytes())
+    data[-100] ^= 0xFF  # with the model.pt entry gone, nothing else would notice
+    (m / "model.pt").write_bytes(bytes(data))
+    rewrite_config(m, lambda c: c["files"].pop(name))
+    with pytest.raises(ArtifactError, match=re.escape(f"has no sha256 for {name} in 'files'")) as err:
+        artifact.load(m)
+    assert str(m / artifact.CONFIG_FILE) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (["model.pt"], "'files' must be an object mapping file names to sha256 digests, got a list"),
+        (None, "'files' must be an object mapping file names to sha256 digests, got missing"),
+        ("digest-of-everything", "got a str"),
+    ],
+)
+def test_files_section_must_be_an_object(saved, tmp_path, files, message):
+    m = copy(saved, tmp_path)
+    rewrite_config(m, lambda c: c.update(files=files))
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        artifact.load(m)
+
+
+@pytest.mark.parametrize("digest", [None, 123, ["abc"]])
+def test_digest_must_be_a_string(saved, tmp_path, digest):
+    m = copy(saved, tmp_path)
+    rewrite_config(m, lambda c: c["files"].update({"model.pt": digest}))
+    with pytest.raises(ArtifactError, match=re.escape("the sha256 of model.pt in 'files' is not a string")):
+        artifact.load(m)
+
+
+def test_files_entries_must_name_files_inside_the_artifact(saved, tmp_path):
+    m = copy(saved, tmp_path)
+    rewrite_config(m, lambda c: c["files"].update({"../outside.txt": "0" * 64}))
+    with pytest.raises(ArtifactError, match="is not a file name in the artifact"):
+        artifact.load(m)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused(saved, tmp_path, bad):
+    m = copy(saved, tmp_path)
+    state = torch.load(m / "model.pt", weights_only=True)
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[-1]
+    state[name].view(-1)[3] = bad
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    rewrite_file(m, "model.pt", buf.getvalue())
+    with pytest.raises(ArtifactError, match=re.escape(f"weight {name} holds 1 NaN or infinite value")) as err:
+        artifact.load(m)
+    assert str(m / "model.pt") in str(err.value)
+
+
+def rewrite_id_maps(m: Path, change) -> None:
+    maps = json.loads((m / "id_maps.json").read_text())
+    change(maps)
+    rewrite_file(m, "id_maps.json", json.dumps(maps).encode())
+
+
+@pytest.mark.parametrize("kind", ["users", "items"])
+def test_duplicate_raw_ids_are_refused(saved, tmp_path, kind):
+    m = copy(saved, tmp_path)
+    maps = json.loads((m / "id_maps.json").read_text())
+    dup = maps[kind][0]
+    rewrite_id_maps(m, lambda d: d[kind].__setitem__(5, dup))
+    with pytest.raises(
+        ArtifactError, match=re.escape(f"'{kind}' holds the id {dup!r} more than once")
+    ) as err:
+        artifact.load(m)
+    assert str(m / "id_maps.json") in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [1.5, 3.0, True, None, [1], {"id": 1}, 2**64])
+@pytest.mark.parametrize("kind", ["users", "items"])
+def test_ids_must_be_integers_or_strings(saved, tmp_path, kind, bad):
+    m = copy(saved, tmp_path)
+    rewrite_id_maps(m, lambda d: d[kind].__setitem__(2, bad))
+    with pytest.raises(ArtifactError, match=re.escape(f"id_maps.json: '{kind}' holds the id")):
+        artifact.load(m)
+
+
+def test_id_map_must_be_a_list(saved, tmp_path):
+    m = copy(saved, tmp_path)
+    rewrite_id_maps(m, lambda d: d.update(items={str(i): i for i in range(len(d["items"]))}))
+    with pytest.raises(ArtifactError, match="'items' must be a list of ids, not dict"):
+        artifact.load(m)
+
+
+def _break_indptr_order(h: dict) -> None:
+    h["history_indptr"][5], h["history_indptr"][6] = h["history_indptr"][6], h["history_indptr"][5]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda h: h["history_indices"].__setitem__(7, -1), "history_indices holds negative item index -1"),
+        (lambda h: h["history_indptr"].__setitem__(0, 1), "history_indptr starts at 1, not 0"),
+        (_break_indptr_order, "history_indptr decreases at user index 5"),
+        (
+            lambda h: h["item_popularity"].__setitem__(3, -2),
+            "item_popularity is negative (-2) at item index 3",
+        ),
+        (
+            lambda h: h.update(history_indices=h["history_indices"].astype(np.float32)),
+            "history_indices has dtype float32",
+        ),
+        (
+            lambda h: h.update(history_indptr=h["history_indptr"].astype(np.float64)),
+            "history_indptr has dtype float64",
+        ),
+        (
+            lambda h: h.update(item_popularity=h["item_popularity"].astype(bool)),
+            "item_popularity has dtype bool",
+        ),
+    ],
+)
+def test_malformed_history_is_refused(saved, tmp_path, change, message):
+    m = copy(saved, tmp_path)
+    with np.load(m / "interactions.npz") as npz:
+        history = {k: npz[k].copy() for k in npz.files}
+    assert history["history_indptr"][6] > history["history_indptr"][5]  # the swap below breaks the order
+    change(history)
+    buf = io.BytesIO()
+    np.savez(buf, **history)
+    rewrite_file(m, "interactions.npz", buf.getvalue())
+    with pytest.raises(ArtifactError, match=re.escape(message)) as err:
+        artifact.load(m)
+    assert str(m / "interactions.npz") in str(err.value)
 
 
 def test_shape_mismatch_is_refused(saved, tmp_path):
