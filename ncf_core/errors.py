@@ -28,6 +28,10 @@ class ConfigError(NcfError, ValueError):
     """A training option or hyperparameter is invalid."""
 
 
+class CheckpointError(NcfError):
+    """A training checkpoint could not be written (disk full, no permission...); the message says why."""
+
+
 class ArtifactError(NcfError):
     """A model artifact is missing, corrupted or does not match its config."""
 

@@ -8,10 +8,13 @@ exactly what the uninterrupted run would have done.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import logging
 import math
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +27,7 @@ from torch.nn import functional as F
 
 from .config import TrainConfig  # declared with the other settings; imported from here too
 from .data import Interactions
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .evaluation import Metrics, evaluate
 from .models import NCF
 from .runtime import tune_allocator
@@ -334,9 +337,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint atomically (``.tmp``, then rename) and keep the newest ``KEEP_CHECKPOINTS``.
+
+        A failed write (a full disk, most often) removes its partial ``.tmp``, leaves the earlier
+        checkpoints as they were and raises CheckpointError naming the file and the cause.
+        """
         if self.checkpoint_dir is None or not self.dist.is_main:
             return None
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "train_config": self.config.fingerprint(),
             "data": self._data_fingerprint(),
@@ -359,13 +366,20 @@ class Trainer:
             "epoch_train_s": self.epoch_train_s,
         }
         name = f"ncf-ckpt-{self.epochs_done:04d}-{self.step_in_epoch:07d}.pt"
+        path = self.checkpoint_dir / name
         tmp = self.checkpoint_dir / (name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint_dir / name)
+        try:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(state, tmp)
+            tmp.replace(path)
+        except Exception as exc:  # OSError, or the RuntimeError torch's zip writer raises on a full disk
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise CheckpointError(_checkpoint_failure(path, exc)) from exc
         for old in list_checkpoints(self.checkpoint_dir)[:-KEEP_CHECKPOINTS]:
             old.unlink(missing_ok=True)
-        log.info("checkpoint %s", self.checkpoint_dir / name)
-        return self.checkpoint_dir / name
+        log.info("checkpoint %s", path)
+        return path
 
     def _data_fingerprint(self) -> dict[str, int]:
         d = self.data
@@ -434,6 +448,23 @@ class Trainer:
         self.epoch_samples = state["epoch_samples"]
         self.epoch_train_s = state["epoch_train_s"]
         log.info("resumed: %d epochs done, step %d of the next", self.epochs_done, self.step_in_epoch)
+
+
+def _checkpoint_failure(path: Path, exc: Exception) -> str:
+    """'cannot write checkpoint PATH: CAUSE; N MiB free there; the previous checkpoint X is kept'."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        cause = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    else:
+        cause = f"{type(exc).__name__}: {exc}"
+    parts = [f"cannot write checkpoint {path}: {cause}"]
+    with contextlib.suppress(OSError):
+        parts.append(f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on its file system")
+    with contextlib.suppress(OSError):
+        earlier = list_checkpoints(path.parent)
+        parts.append(
+            f"the previous checkpoint {earlier[-1].name} is kept" if earlier else "no earlier checkpoint"
+        )
+    return "; ".join(parts)
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ncf_core.errors import ConfigError
+from ncf_core.errors import CheckpointError, ConfigError
 from ncf_core.evaluation import evaluate, evaluate_scores
 from ncf_core.training import TrainConfig, Trainer, list_checkpoints, train
 from tests.support.synthetic import SMALL_DATA
@@ -141,6 +142,44 @@ def test_unreadable_newest_checkpoint_falls_back_to_previous(planted, tmp_path: 
     train(planted, replace(FAST, epochs=2), checkpoint_dir=tmp_path)
     list_checkpoints(tmp_path)[-1].write_bytes(b"truncated")
     trainer = Trainer(planted, replace(FAST, epochs=2), checkpoint_dir=tmp_path)
+    assert trainer.resume() and trainer.epochs_done == 1
+
+
+def fail_checkpoint_writes(monkeypatch, exc: Exception, after: int = 0) -> None:
+    """``torch.save`` writes the first ``after`` checkpoints, then half a file before raising ``exc``."""
+    real, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= after:
+            return real(obj, f, *args, **kwargs)
+        Path(f).write_bytes(b"half a checkpoint")
+        raise exc
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.parametrize(
+    ("exc", "cause"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (ENOSPC)"),
+        (  # what torch's zip writer raises when the disk fills up
+            RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed"),
+            "RuntimeError: PytorchStreamWriter failed writing file data/3: file write failed",
+        ),
+    ],
+)
+def test_failed_checkpoint_write_keeps_the_previous_one(planted, tmp_path: Path, monkeypatch, exc, cause):
+    fail_checkpoint_writes(monkeypatch, exc, after=1)
+    with pytest.raises(CheckpointError) as err:
+        train(planted, replace(FAST, epochs=3), checkpoint_dir=tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"cannot write checkpoint {tmp_path / 'ncf-ckpt-0002-0000000.pt'}: {cause}; ")
+    assert "MiB free on its file system" in message
+    assert message.endswith("the previous checkpoint ncf-ckpt-0001-0000000.pt is kept")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ncf-ckpt-0001-0000000.pt"]  # no .tmp left
+    monkeypatch.undo()
+    trainer = Trainer(planted, replace(FAST, epochs=3), checkpoint_dir=tmp_path)
     assert trainer.resume() and trainer.epochs_done == 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import signal
@@ -12,13 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from ncf_core import artifact
 from ncf_core import data as ncf_data
 from ncf_core.errors import ConfigError
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig, list_checkpoints
-from ncf_sagemaker.training import hyperparameters
+from ncf_sagemaker.training import hyperparameters, job
 from tests.support import ROOT, free_port
 from tests.support.sagemaker_tree import SageMakerTree
 from tests.support.synthetic import SMALL_DATA, write_ncf_files, write_ratings_csv
@@ -136,6 +138,57 @@ def test_bad_hyperparameter_fails_before_work_with_readable_reason(tree: SageMak
     assert proc.returncode == 1
     assert (tree.output / "failure").read_text() == "hyperparameter lr='abc' is not a number"
     assert not tree.model.exists() or not any(tree.model.iterdir())
+
+
+@pytest.fixture
+def run_main(tree: SageMakerTree, monkeypatch):
+    """The train program's ``main()`` in this process (so tests can patch it) against ``tree``."""
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tree.base))
+    for name in ("NCF_CHECKPOINT_DIR", "SAGEMAKER_PROGRAM", "NCF_PROCS_PER_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(job, "_configure_logging", lambda: None)  # leave pytest's log capture alone
+    sigterm = signal.getsignal(signal.SIGTERM)
+    yield job.main
+    signal.signal(signal.SIGTERM, sigterm)
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"), [("[1, 2]", "an array"), ('"epochs=2"', "a string"), ("7", "a number")]
+)
+def test_hyperparameters_that_are_not_an_object_fail_with_a_reason(
+    tree: SageMakerTree, run_main, content, kind
+):
+    tree.write_config({})
+    path = tree.config / "hyperparameters.json"
+    path.write_text(content)
+    assert run_main() == 1
+    assert (tree.output / "failure").read_text() == f"{path} must be a JSON object, not {kind}"
+
+
+def test_resourceconfig_that_is_not_an_object_fails_with_a_reason(tree: SageMakerTree, run_main):
+    tree.write_config({})
+    path = tree.config / "resourceconfig.json"
+    path.write_text('["algo-1"]')
+    assert run_main() == 1
+    assert (tree.output / "failure").read_text() == f"{path} must be a JSON object, not an array"
+
+
+def test_full_disk_on_checkpoint_names_the_cause_in_the_failure_file(
+    tree: SageMakerTree, run_main, monkeypatch
+):
+    def no_space(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    tree.write_config(WORKSHOP_HPS | {"epochs": "2"})
+    assert run_main() == 1
+    failure = (tree.output / "failure").read_text()
+    path = tree.checkpoints / "ncf-ckpt-0001-0000000.pt"
+    assert failure.startswith(f"cannot write checkpoint {path}: No space left on device (ENOSPC); "), failure
+    assert failure.endswith("; no earlier checkpoint")
+    assert list(tree.checkpoints.iterdir()) == []  # the partial .tmp is gone
+    assert not artifact.is_artifact(tree.model)
 
 
 def test_missing_train_channel_fails(tree: SageMakerTree):

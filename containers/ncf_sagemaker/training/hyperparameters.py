@@ -69,10 +69,23 @@ def convert(name: str, raw: Any, kind: type) -> Any:
     return str(value).strip()
 
 
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def require_object(value: Any, source: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object (SageMaker's config files all are); else a ConfigError naming
+    ``source`` (the file) and what it holds instead."""
+    if isinstance(value, dict):
+        return value
+    kind = _JSON_KINDS.get(
+        type(value), "a number" if isinstance(value, int | float) else type(value).__name__
+    )
+    raise ConfigError(f"{source} must be a JSON object, not {kind}")
+
+
 def parse(raw: dict[str, Any]) -> JobOptions:
     """Validate and convert a hyperparameters.json mapping."""
-    if not isinstance(raw, dict):
-        raise ConfigError("hyperparameters.json must hold a JSON object")
+    require_object(raw, "hyperparameters.json")
     accepted = schema.hyperparameters()
     values: dict[type, dict[str, Any]] = {section: {} for section in schema.SECTIONS}
     plat: dict[str, Any] = {}

@@ -39,12 +39,14 @@ _hard_exit = False  # SageMaker keeps the first 1024 characters as FailureReason
 
 
 def read_json(path: Path, default: Any) -> Any:
+    """One of SageMaker's config files, which must hold a JSON object; ``default`` if it is absent."""
     if not path.is_file():
         return default
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except ValueError as exc:
         raise ConfigError(f"{path.name} is not valid JSON: {exc}") from None
+    return hyperparameters.require_object(value, str(path))
 
 
 def write_failure(reason: str) -> None:
