@@ -29,8 +29,10 @@ RAW_FILE_NAMES = ("ratings.dat", "u.data", "ratings.csv", "ratings.parquet")
 RAW_SUFFIXES = (".csv", ".tsv", ".parquet", ".dat", ".data")
 _USER_COLUMNS = {"user", "userid", "users"}
 _ITEM_COLUMNS = {"item", "itemid", "items", "movie", "movieid"}
-_CANONICAL_INT = re.compile(r"^(0|-?[1-9][0-9]*)$")
-_NEG_KEY = re.compile(r"^\((-?\d+),(-?\d+)\)$")
+# ASCII digits only, matched whole (fullmatch): int() and \d would also read "٣" (Arabic-Indic three) as 3.
+_CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_NEG_KEY = re.compile(r"\((-?[0-9]+),(-?[0-9]+)\)")
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ def read_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         frame = pd.read_csv(
             path, sep="\t", header=None, usecols=[0, 1], dtype=np.int64, engine="c", skip_blank_lines=True
         )
+    except pd.errors.EmptyDataError:
+        raise DataError("no data lines (only blank lines)", path) from None
     except (ValueError, pd.errors.ParserError) as exc:
         _raise_first_bad_line(path, sep="\t", min_fields=2, int_fields=2, fallback=exc)
         raise AssertionError("unreachable") from exc
@@ -181,15 +185,17 @@ def read_negatives(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
             if not line.strip():
                 continue
             fields = line.split("\t")
-            match = _NEG_KEY.match(fields[0].strip())
+            match = _NEG_KEY.fullmatch(fields[0].strip()) if fields[0].isascii() else None
             if match is None:
                 raise DataError(
                     f"expected '(user,item)' as the first field, got {fields[0][:40]!r}", path, lineno
                 )
             try:
+                if not line.isascii() or "_" in line:  # what int() accepts beyond ASCII integers
+                    raise ValueError(line)
                 negs = [int(f) for f in fields[1:] if f != ""]
             except ValueError:
-                bad = next(f for f in fields[1:] if not _is_int(f))
+                bad = next(f for f in fields[1:] if f != "" and not _is_int(f))
                 raise DataError(f"negative item {bad[:40]!r} is not an integer", path, lineno) from None
             if width is None:
                 width = len(negs)
@@ -408,6 +414,13 @@ def load_raw(
 
     positives = PositiveSet(torch.from_numpy(users), torch.from_numpy(items), num_users, num_items)
     train_u, train_i, test_u, test_i = _hold_out(users, items, num_users, None)
+    if len(test_u) == 0:
+        kept = f" with rating ≥ {min_rating}" if min_rating is not None else ""
+        raise DataError(
+            f"no test users: each of the {num_users} users has a single interaction{kept}, and leave-one-out "
+            "holds out a user's latest interaction only when the user has at least 2",
+            path,
+        )
     gen = torch.Generator().manual_seed(seed)
     test = EvalSplit(test_u, test_i, _eval_negatives(test_u, num_eval_negatives, positives, gen))
     skipped = num_users - len(test_u)
@@ -442,7 +455,7 @@ def _python_ids(index) -> list:
     if values.dtype.kind in "iu":
         return [int(v) for v in values]
     texts = [str(v) for v in values]
-    if all(_CANONICAL_INT.match(t) for t in texts):
+    if all(_CANONICAL_INT.fullmatch(t) for t in texts):
         return [int(t) for t in texts]
     return texts
 
@@ -519,11 +532,8 @@ def _looks_headerless(path: Path) -> bool:
 
 
 def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+    """An integer written in ASCII digits (surrounding whitespace allowed), as the fast parsers read."""
+    return text.isascii() and _INT_TEXT.fullmatch(text.strip()) is not None
 
 
 def _check_nonnegative(path: Path, users: np.ndarray, items: np.ndarray) -> None:
@@ -552,7 +562,7 @@ def _raise_first_bad_line(
 ) -> None:
     """Slow path after a fast parser failed: find and name the first offending line."""
     width = None
-    with path.open("r", encoding="latin-1") as fh:
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
             if not line.strip():

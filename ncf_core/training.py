@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from .config import TrainConfig  # declared with the other settings; imported from here too
 from .data import Interactions
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 from .evaluation import Metrics, evaluate
 from .models import NCF
 from .runtime import tune_allocator
@@ -125,6 +125,10 @@ class Trainer:
         on_epoch: Callable[[EpochReport], None] | None = None,
     ):
         config.validate()
+        if data.test is None or len(data.test) == 0:  # data.load refuses this already; other callers too
+            raise DataError(
+                "no test users: the data holds no held-out interaction to evaluate on", data.source or None
+            )
         tune_allocator()
         self.data = data
         self.config = config

@@ -189,6 +189,57 @@ def test_min_rating_filters_and_is_logged(tmp_path: Path, caplog):
     assert sorted(frame["item"].tolist()) == [10, 12] and "1 of 3 rows" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "min_rating", "message"),
+    [
+        ("r.csv", "user,item\na,x\nb,y\nc,x\n", None, "each of the 3 users has a single interaction,"),
+        ("u.data", "1\t10\t5\t1\n1\t11\t1\t2\n2\t12\t4\t3\n", 4, "single interaction with rating ≥ 4,"),
+    ],
+)
+def test_data_without_test_users_is_an_error(tmp_path: Path, name, text, min_rating, message):
+    path = write(tmp_path / name, text)
+    with pytest.raises(DataError) as err:
+        ncf_data.load(path, min_rating=min_rating, num_eval_negatives=1)
+    assert str(err.value).startswith(f"{path}: no test users: ") and message in str(err.value)
+
+
+def test_blank_test_file_is_an_error(ncf_prefix: Path):
+    test = Path(f"{ncf_prefix}.test.rating")
+    test.write_text("\n\n")
+    with pytest.raises(DataError) as err:
+        ncf_data.load(ncf_prefix)
+    assert str(err.value) == f"{test}: no data lines (only blank lines)"
+
+
+# "٣" is ARABIC-INDIC DIGIT THREE: int() and regex \d read it as 3; ids and indices are ASCII digits only.
+@pytest.mark.parametrize(
+    ("reader", "text", "needle"),
+    [
+        (ncf_data.read_negatives, "(0,1)\t2\t3\n(٣,1)\t2\t3\n", "line 2: expected '(user,item)'"),
+        (
+            ncf_data.read_negatives,
+            "(0,1)\t2\t3\n(1,1)\t٣\t2\n",
+            "line 2: negative item '٣' is not an integer",
+        ),
+        (ncf_data.read_negatives, "(0,1)\t2\t1_0\n", "line 1: negative item '1_0' is not an integer"),
+        (ncf_data.read_pairs, "0\t1\n٣\t2\n", "line 2: '٣' is not an integer id"),
+    ],
+)
+def test_non_ascii_digits_are_not_integers_in_ncf_files(tmp_path: Path, reader, text, needle):
+    path = write(tmp_path / "x.test.negative", text)
+    with pytest.raises(DataError) as err:
+        reader(path)
+    assert f"{path}, {needle}" in str(err.value)
+
+
+@pytest.mark.parametrize("lookalike", ["٣", "３", '"3\n"', " 3"])
+def test_raw_ids_that_only_look_like_an_integer_stay_distinct_strings(tmp_path: Path, lookalike):
+    path = write(tmp_path / "r.csv", f"user,item\n3,a\n3,b\n{lookalike},a\n{lookalike},b\n9,c\n")
+    data = ncf_data.load(path, validation=False, num_eval_negatives=1)
+    assert data.user_ids == ["3", lookalike.strip('"') if lookalike.startswith('"') else lookalike, "9"]
+    assert len(data.test) == 2
+
+
 def test_unknown_path_is_a_clear_error(tmp_path: Path):
     with pytest.raises(DataError, match="no such file"):
         ncf_data.load(tmp_path / "nothing")

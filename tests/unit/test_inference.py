@@ -87,6 +87,15 @@ def test_k_larger_than_catalogue_returns_every_unseen_item(rec):
     assert len(r.items) == rec.num_items - len(rec.seen(rec.users.get("u0")))
 
 
+def test_id_map_reads_only_ascii_digits_as_integers():
+    ints = IdMap([3, 7])
+    assert ints.get("3") == 0 and ints.get(" 3 ") == 0
+    # ARABIC-INDIC DIGIT THREE, FULLWIDTH DIGIT THREE, SUPERSCRIPT THREE: int() reads the first two as 3.
+    assert ints.get("٣") is None and ints.get("３") is None and ints.get("³") is None
+    strs = IdMap(["٣", "x"])
+    assert strs.get("٣") == 0 and strs.get(3) is None and strs.get("3") is None
+
+
 def test_id_map_accepts_equivalent_forms():
     ints = IdMap([5, 7])
     assert ints.get("7") == 1 and ints.get(7.0) == 1 and ints.get(True) is None and ints.get([1]) is None

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ncf_core.errors import CheckpointError, ConfigError
+from ncf_core.data import EvalSplit
+from ncf_core.errors import CheckpointError, ConfigError, DataError
 from ncf_core.evaluation import evaluate, evaluate_scores
 from ncf_core.training import TrainConfig, Trainer, list_checkpoints, train
 from tests.support.synthetic import SMALL_DATA
@@ -187,6 +188,16 @@ def test_resume_with_other_settings_is_refused(planted, tmp_path: Path):
     train(planted, replace(FAST, epochs=1), checkpoint_dir=tmp_path)
     with pytest.raises(ConfigError, match="different settings"):
         train(planted, replace(FAST, epochs=2, lr=0.5), checkpoint_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "test", [None, EvalSplit(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 99), np.int64))]
+)
+def test_data_without_test_users_is_refused(planted, test):
+    with pytest.raises(
+        DataError, match="no test users: the data holds no held-out interaction to evaluate on"
+    ):
+        Trainer(replace(planted, test=test), FAST)
 
 
 def test_epoch_log_lines_are_scrapable(planted, caplog):

@@ -191,6 +191,16 @@ def test_full_disk_on_checkpoint_names_the_cause_in_the_failure_file(
     assert not artifact.is_artifact(tree.model)
 
 
+def test_data_without_test_users_fails_instead_of_exiting_without_metrics(tree: SageMakerTree, run_main):
+    ratings = tree.channel("train") / "interactions.csv"
+    ratings.write_text("user,item\n" + "".join(f"u{u},i{u % 7}\n" for u in range(50)))
+    tree.write_config(WORKSHOP_HPS | {"epochs": "1"})
+    assert run_main() == 1
+    failure = (tree.output / "failure").read_text()
+    assert failure.startswith(f"{ratings}: no test users: each of the 50 users has a single interaction")
+    assert not artifact.is_artifact(tree.model)
+
+
 def test_missing_train_channel_fails(tree: SageMakerTree):
     tree.write_config({"epochs": "1"}, channels=("test",))
     proc = tree.run_train()
