@@ -25,7 +25,8 @@ not a silent fallback. Scorers return float32 logits in fresh arrays the caller 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -47,6 +48,8 @@ RECOMMEND_CHUNK = 128
 _DENSE_SLACK = 8
 _DENSE_MIN = 1 << 16
 BACKENDS = ("auto", "numpy", "torch")
+# A numeric string a numeric id map accepts: ASCII digits only (int() would also read "٣" as 3), int64-sized.
+_ASCII_INT = re.compile(r"-?[0-9]{1,19}")
 # float32 tables against the float32 network: same maths in another order, so ~1e-6 apart.
 SELF_CHECK_TOLERANCE = 1e-4
 
@@ -104,7 +107,7 @@ class IdMap:
             if isinstance(raw, str):
                 text = raw.strip()
                 # ASCII digits only: int() would also read "٣" as 3.
-                if not (text.isascii() and text.lstrip("-").isdigit()):
+                if not _ASCII_INT.fullmatch(text):
                     return None
                 raw = int(text)
             elif isinstance(raw, float) and raw.is_integer():
@@ -247,12 +250,17 @@ class Recommender:
         k: int = DEFAULT_TOP_K,
         candidates: Sequence | None = None,
         exclude_seen: bool = True,
+        checkpoint: Callable[[], None] | None = None,
     ) -> list[Recommendation]:
+        """Top-``k`` for each user; ``checkpoint`` runs before each chunk of ``RECOMMEND_CHUNK`` users,
+        and may raise to abandon the call (a server stops a request nobody waits for any more)."""
         self._check_k(k)
         cand = None if candidates is None else self._candidate_indices(candidates)
         idx = [self.users.get(u) for u in users]
         out: list[Recommendation] = []
         for start in range(0, len(users), RECOMMEND_CHUNK):
+            if checkpoint is not None:
+                checkpoint()
             chunk = idx[start : start + RECOMMEND_CHUNK]
             known = [u for u in chunk if u is not None]
             rows = iter(self.scorer.users(np.asarray(known, np.int64), cand) if known else ())

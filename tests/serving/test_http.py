@@ -245,7 +245,7 @@ BAD_JSON_BODIES = [
     (b'{"user": [1], "item": [-25]}', "ids are never negative"),
     (b'{"user": [1], "item": [1.5]}', "got the number 1.5"),
     (b'{"user": [1], "item": [999999]}', "unknown item id 999999"),
-    (b'{"user": [1], "item": [18446744073709551615]}', "unknown item id 18446744073709551615"),
+    (b'{"user": [1], "item": [18446744073709551615]}', "must fit in 64 bits"),
     (b'{"user": [], "item": []}', "'user' is empty"),
     (b'{"users": [1], "k": 0}', "'k' must be ≥ 1"),
     (b'{"users": [1], "k": -1}', "'k' must be ≥ 1"),

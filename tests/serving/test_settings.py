@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ncf_sagemaker.serving.settings import Settings, SettingsError
+from ncf_sagemaker.serving.settings import Settings, SettingsError, available_cpus, default_workers
 from tests.support.serving import server_env
 
 
@@ -23,10 +23,16 @@ def clean_env(monkeypatch):
 
 def test_defaults_follow_sagemaker(clean_env):
     s = Settings.from_env()
-    assert (s.port, s.workers, s.torch_threads, s.timeout_s) == (8080, 1, 1, 60)
+    assert (s.port, s.workers, s.torch_threads, s.timeout_s) == (8080, default_workers(), 1, 60)
+    assert (s.header_timeout_s, s.body_timeout_s, s.max_connections) == (10, 30, 4096)
     assert s.max_payload_bytes == 6 * 2**20 and not s.multi_model
     assert s.model_dir == Path("/opt/ml/model") and s.access_log == "all"
     assert s.max_concurrent_transforms == s.workers * s.threads
+
+
+def test_default_workers_are_one_per_core_up_to_four_so_a_crash_leaves_others_serving():
+    assert [default_workers(n) for n in (1, 2, 3, 8, 64)] == [1, 2, 3, 4, 4]
+    assert default_workers() == min(available_cpus(), 4)
 
 
 def test_sagemaker_variables_are_honoured(clean_env, tmp_path):

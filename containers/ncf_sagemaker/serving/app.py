@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -44,10 +45,10 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from .. import platform
-from .errors import BadRequest, GatewayTimeout, HttpError, NotFound, PayloadTooLarge
+from .errors import BadRequest, GatewayTimeout, HttpError, NotFound, PayloadTooLarge, RequestTimeout
 from .handler import LOADING, Context, ServedModel
 from .registry import ModelRegistry
-from .settings import Settings
+from .settings import BODY_TIMEOUT_ENV, Settings
 
 log = logging.getLogger("ncf_sagemaker.serving.app")
 access_log = logging.getLogger("ncf_sagemaker.serving.access")
@@ -57,6 +58,12 @@ INLINE_BODY_BYTES = 64 * 1024
 # sending, gets its 413 instead of a connection reset; beyond that the connection is closed.
 DRAIN_LIMIT = 64 * 2**20
 INTERNAL_ERROR = "internal error; see the server log"
+# How long a 413 waits for the rest of an over-limit body before closing (a client that announced a huge
+# Content-Length and sends nothing must not hold the connection), and how long abandoned work may keep
+# running before its thread pool is retired (``_timed``).
+DRAIN_TIMEOUT_S = 1.0
+ABANDON_GRACE_S = 0.5
+IDLE_GC_S = 30.0
 
 _CUSTOM_ATTRIBUTES = platform.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 _JSON = b"application/json"
@@ -93,6 +100,10 @@ class ServingApp(Starlette):
         self.log_all = settings.access_log == "all"
         self.log_errors = settings.access_log != "off"
         self.pool: ThreadPoolExecutor | None = None
+        # Set by the worker when it replaces a dead one: the lifespan waits for the model (``worker``).
+        self.load_before_serving = False
+        self.in_flight = 0  # invocations being answered (the idle collector waits for none)
+        self._gc_timer: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
         super().__init__(
@@ -148,24 +159,70 @@ class ServingApp(Starlette):
         except Exception:
             log.exception("worker start-up failed")
             raise  # Starlette reports lifespan.startup.failed; gunicorn does not boot the worker
+        self._gc_timer = asyncio.get_running_loop().call_later(IDLE_GC_S, self._idle_gc)
+        if self.load_before_serving and self.model is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.model.wait, None)
+            log.info("replacement worker: model %s before accepting connections", self.model.state)
         try:
             yield
         finally:
+            if self._gc_timer is not None:
+                self._gc_timer.cancel()
             self.stop()
+
+    def _idle_gc(self) -> None:
+        """The full collection automatic GC no longer runs (``handler.gc_after_load``), when idle."""
+        if self.in_flight == 0:
+            gc.collect()
+        delay = IDLE_GC_S if self.in_flight == 0 else 1.0
+        self._gc_timer = asyncio.get_running_loop().call_later(delay, self._idle_gc)
 
     async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self.pool is not None, "start() runs before the first request"
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``_in_pool`` bounded by SAGEMAKER_MODEL_SERVER_TIMEOUT (504 after it)."""
+    async def _timed(self, scope: Scope, context: Context, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn`` in the pool, within what is left of the request's SAGEMAKER_MODEL_SERVER_TIMEOUT.
+
+        On timeout (504) or client disconnect the request's ``context.cancel`` is set: our own steps stop
+        at their next slice. User code cannot be stopped, so if it is still running after
+        ``ABANDON_GRACE_S`` the pool is retired (its threads end when their work does) and a fresh one takes
+        the next requests: a timed-out request never holds capacity the requests after it need.
+        """
+        assert self.pool is not None, "start() runs before the first request"
         timeout = self.settings.timeout_s
+        left = timeout - (time.perf_counter() - scope[_START])
+        future = self.pool.submit(fn, *args)
         try:
-            return await asyncio.wait_for(self._in_pool(fn, *args), timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(future), max(left, 0.0))
         except TimeoutError:
+            context.cancel.set()
+            self._watch_abandoned(future)
             raise GatewayTimeout(
                 f"the prediction took longer than {platform.MODEL_SERVER_TIMEOUT_ENV}={timeout} s"
             ) from None
+        except asyncio.CancelledError:  # the client went away: nobody reads this answer
+            context.cancel.set()
+            self._watch_abandoned(future)
+            raise
+
+    def _watch_abandoned(self, future: Future) -> None:
+        if future.done():
+            return
+        pool = self.pool
+
+        def retire_if_still_running() -> None:
+            if future.done() or self.pool is not pool or pool is None:
+                return
+            log.warning(
+                "a timed-out prediction is still running after %.1f s (user code cannot be cancelled): "
+                "new requests go to a fresh thread pool",
+                ABANDON_GRACE_S,
+            )
+            self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="ncf-serve")
+            pool.shutdown(wait=False)
+
+        asyncio.get_running_loop().call_later(ABANDON_GRACE_S, retire_if_still_running)
 
     # ------------------------------------------------------------------ request ids
     def request_id(self, given: str | None = None) -> str:
@@ -206,6 +263,13 @@ class ServingApp(Starlette):
     # ------------------------------------------------------------------ invocations
     async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /invocations, and POST /models/{name}/invoke (``name`` from the route)."""
+        self.in_flight += 1
+        try:
+            await self._answer_invocation(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_invocation(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = accept = attributes = given_id = length = None
         for key, value in scope["headers"]:
             if key == b"content-type":
@@ -221,7 +285,7 @@ class ServingApp(Starlette):
         rid = scope[_RID] = self.request_id(given_id)
         name = scope["path_params"].get("name")
         try:
-            body = await self._read_body(receive, length)
+            body = await self._read_body(receive, length, _header(scope, b"expect"))
             model = await self._target(name)
             if model.state == LOADING:  # another worker may have said 200 to /ping: wait, don't fail
                 await self._in_pool(model.wait, model.load_wait_s)
@@ -230,11 +294,13 @@ class ServingApp(Starlette):
             if handler is not None and handler.is_default_pipeline and len(body) <= INLINE_BODY_BYTES:
                 prepared = model.prepare(body, content_type, accept, context)
             else:
-                prepared = await self._timed(model.prepare, body, content_type, accept, context)
+                prepared = await self._timed(
+                    scope, context, model.prepare, body, content_type, accept, context
+                )
             if prepared.cost is not None and prepared.cost <= self.inline_pairs:
                 reply = model.run(prepared, context)
             else:
-                reply = await self._timed(model.run, prepared, context)
+                reply = await self._timed(scope, context, model.run, prepared, context)
         except Exception as exc:
             # Answered here, not by the handler for Exception: Starlette re-raises to the server after that
             # one, and the server then closes the connection; a failing predict_fn is one failed request.
@@ -262,8 +328,12 @@ class ServingApp(Starlette):
         assert self.model is not None
         return self.model
 
-    async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
-        """The whole body, up to SAGEMAKER_MAX_PAYLOAD_IN_MB (413 above it, after draining the rest)."""
+    async def _read_body(self, receive: Receive, length: bytes | None, expect: bytes | None = None) -> bytes:
+        """The whole body, up to SAGEMAKER_MAX_PAYLOAD_IN_MB (413 above it), within NCF_BODY_TIMEOUT_S.
+
+        An over-limit Content-Length is answered at once: without reading when the client waits for
+        "100 Continue" (it has sent nothing), else after dropping what arrives within DRAIN_TIMEOUT_S.
+        """
         limit = self.max_body
         if length is not None:
             try:
@@ -271,8 +341,19 @@ class ServingApp(Starlette):
             except ValueError:
                 raise BadRequest(f"Content-Length {length!r} is not a number") from None
             if declared > limit:
-                await _drain(receive)
-                raise PayloadTooLarge(self._too_large(declared))
+                if expect is None or expect.lower() != b"100-continue":
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(_drain(receive), DRAIN_TIMEOUT_S)
+                raise PayloadTooLarge(self._too_large(declared), headers=(("Connection", "close"),))
+        try:
+            return await asyncio.wait_for(self._receive_body(receive, limit), self.settings.body_timeout_s)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the body did not arrive within {self.settings.body_timeout_s} s ({BODY_TIMEOUT_ENV})",
+                headers=(("Connection", "close"),),
+            ) from None
+
+    async def _receive_body(self, receive: Receive, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -284,8 +365,9 @@ class ServingApp(Starlette):
                 size += len(chunk)
                 if size > limit:
                     if message.get("more_body", False):
-                        await _drain(receive)
-                    raise PayloadTooLarge(self._too_large(None))
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(_drain(receive), DRAIN_TIMEOUT_S)
+                    raise PayloadTooLarge(self._too_large(None), headers=(("Connection", "close"),))
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break

@@ -35,6 +35,10 @@ class NotAcceptable(HttpError):
     status, reason = 406, "Not Acceptable"
 
 
+class RequestTimeout(HttpError):
+    status, reason = 408, "Request Timeout"
+
+
 class Conflict(HttpError):
     status, reason = 409, "Conflict"
 

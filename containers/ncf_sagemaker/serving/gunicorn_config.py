@@ -1,10 +1,11 @@
 """gunicorn settings: the process and concurrency model of the server.
 
-- ``workers`` processes (``SAGEMAKER_MODEL_SERVER_WORKERS``, default 1: one model copy) of gunicorn's
-  asyncio ("asgi") worker running the Starlette app in ``app``. One event loop per process and no thread
-  hand-off on the hot path, where a threaded worker (gthread) passes every request from its poller thread
-  to a pool and back, a GIL transfer each way (containers/serve/README.md, Design and Performance, has
-  the measurements that chose this worker).
+- ``workers`` processes (``SAGEMAKER_MODEL_SERVER_WORKERS``, default one per core up to 4, each with its
+  own model copy, so a crashed worker is replaced while the others answer) of gunicorn's asyncio ("asgi")
+  worker, with our connection guards (``worker``), running the Starlette app in ``app``. One event loop
+  per process and no thread hand-off on the hot path, where a threaded worker (gthread) passes every
+  request from its poller thread to a pool and back, a GIL transfer each way (containers/serve/README.md,
+  Design and Performance, has the measurements that chose this worker).
 - Each process has one model copy and a thread pool (``NCF_SERVER_THREADS``, default 4) for the requests
   that are too big to run on the event loop (see ``app``), so /ping stays fast under any load.
 - One PyTorch / BLAS thread per process (``NCF_TORCH_THREADS``): requests already run in parallel across
@@ -15,8 +16,8 @@
   copy-on-write, but every RSS sum (what memory limits and dashboards read) would count them once per
   process.
 - SIGTERM (``docker stop``, SageMaker): each worker stops accepting, lets in-flight requests finish (up to
-  ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` seconds), then exits; kept-alive idle connections close within
-  ``KEEPALIVE_S``.
+  ``GRACEFUL_TIMEOUT_S``, inside the 30 s SageMaker and docker wait before SIGKILL), then exits;
+  kept-alive idle connections close within ``KEEPALIVE_S``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 from .settings import Settings
 
 KEEPALIVE_S = 5
+GRACEFUL_TIMEOUT_S = 25
+WORKER_CLASS = "ncf_sagemaker.serving.worker.GuardedWorker"
 
 
 def when_ready(server: Any) -> None:
@@ -40,11 +43,11 @@ def options(settings: Settings) -> dict[str, Any]:
     return {
         "bind": [f"{settings.host}:{settings.port}"],
         "workers": settings.workers,
-        "worker_class": "asgi",
+        "worker_class": WORKER_CLASS,
         "asgi_lifespan": "on",
         "preload_app": False,
         "timeout": settings.timeout_s,
-        "graceful_timeout": settings.timeout_s,
+        "graceful_timeout": min(settings.timeout_s, GRACEFUL_TIMEOUT_S),
         "keepalive": KEEPALIVE_S,
         "loglevel": settings.log_level,
         "errorlog": "-",

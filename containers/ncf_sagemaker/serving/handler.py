@@ -9,7 +9,7 @@ our defaults below. Signatures are sagemaker-inference's, each with an optional 
 
     model_fn(model_dir)                  -> model
     input_fn(request_body, content_type) -> data       (request_body is bytes)
-    predict_fn(data, model)              -> prediction
+    predict_fn(data, model)              -> prediction   (the default model is a Recommender)
     output_fn(prediction, accept)        -> bytes | str | (body, content_type) | (body, content_type, headers)
 
 plus our optional ``warmup_fn(model)``, run once before /ping turns 200 (the default warms the default
@@ -25,6 +25,7 @@ went through, and must say why when loading failed, instead of answering healthy
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import inspect
 import logging
@@ -49,14 +50,28 @@ HOOKS = ("model_fn", "input_fn", "predict_fn", "output_fn", "warmup_fn")
 FALLBACK_HEADER = "X-Ncf-Fallback"
 
 
+class Cancelled(Exception):
+    """The request was abandoned (it timed out, or its client left): its work stops at the next slice."""
+
+
 @dataclass(frozen=True)
 class Context:
-    """Per-request facts a handler function may want (pass-through of SageMaker's headers)."""
+    """Per-request facts a handler function may want (pass-through of SageMaker's headers).
+
+    ``cancel`` is set by the server when the request times out or its client disconnects; long work calls
+    ``check()`` between slices, so a request nobody waits for stops holding a thread and a core.
+    """
 
     request_id: str
     custom_attributes: str | None = None
     model_name: str | None = None
     model_dir: Path | None = None
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+
+    def check(self) -> None:
+        """Raise ``Cancelled`` when the server gave up on this request."""
+        if self.cancel.is_set():
+            raise Cancelled(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +99,31 @@ def model_fn(model_dir: str | Path) -> Recommender:
 
 def input_fn(request_body: bytes, request_content_type: str | None, context: Context | None = None):
     attributes = protocol.custom_attributes(context.custom_attributes if context else None)
-    return protocol.parse(request_body, protocol.request_kind(request_content_type), attributes)
+    check = context.check if context else None
+    return protocol.parse(request_body, protocol.request_kind(request_content_type), attributes, check)
 
 
-def predict_fn(data: protocol.Batch, model: Recommender) -> Prediction:
-    """Each protocol query is one ``Recommender`` call."""
+def predict_fn(data: protocol.Batch, model: Recommender, context: Context | None = None) -> Prediction:
+    """Each protocol query is one ``Recommender`` call (cancellable between queries and user chunks)."""
+    check = context.check if context else None
     results: list[protocol.Result] = []
     for query in data.queries:
+        if check is not None:
+            check()
         k = getattr(query, "k", None)
         if k is not None and k > model.num_items:
             raise BadRequest(f"'k' is {k} but the model knows only {model.num_items} items")
         if isinstance(query, protocol.TopItemsQuery):
             results.append(protocol.TopItemsResult(*model.top_items(query.users, query.items, query.k)))
         elif isinstance(query, protocol.RecommendQuery):
-            recs = model.recommend_many(query.users, query.k, query.candidates, query.exclude_seen)
+            if query.candidates is not None and len(query.candidates) > model.num_items:
+                raise BadRequest(
+                    f"'candidates' holds {len(query.candidates)} ids but the model knows only "
+                    f"{model.num_items} items"
+                )
+            recs = model.recommend_many(
+                query.users, query.k, query.candidates, query.exclude_seen, checkpoint=check
+            )
             results.append(protocol.RecommendResult(recs))
         else:
             scored = model.score_pairs(query.users, query.items)
@@ -131,7 +157,8 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[bytes, str, t
 
 
 def warmup_fn(model: Recommender) -> None:
-    """A real request through every default step: the first user against up to 100 items, then top-10."""
+    """A real request through every default step: the first user against up to 100 items, then top-10,
+    then pair scores, which must be finite probabilities (a model with NaN inside never turns healthy)."""
     n = min(100, model.num_items)
     user = model.users.ids[0]
     items = model.items.ids[:n]
@@ -140,6 +167,10 @@ def warmup_fn(model: Recommender) -> None:
         body, _, _ = encode(prediction, protocol.JSON)
         if not body:
             raise RuntimeError("warm-up produced an empty response")
+    scores = model.score([user] * n, items)
+    bad = [s for s in scores if not 0.0 <= s <= 1.0]  # NaN fails both comparisons
+    if bad:
+        raise RuntimeError(f"warm-up scores are not probabilities (e.g. {bad[0]!r}): not serving this model")
 
 
 # --------------------------------------------------------------------------------------------- the seam
@@ -212,6 +243,18 @@ def load_handler(model_dir: str | Path, module_name: str = "ncf_user_inference")
 
 # ------------------------------------------------------------------------------------------ one served model
 LOADING, READY, FAILED = "loading", "ready", "failed"
+# Python's full garbage collection scans every tracked object with the GIL held: during a request that
+# builds millions of result objects it paused the event loop (and /ping) for up to a second. Serving
+# creates almost no reference cycles, so the loaded model is frozen out of collection, automatic full
+# collections are off, and the app runs one when it is idle (``ServingApp``, ``IDLE_GC_S``).
+_GC_THRESHOLDS = (700, 10, 1_000_000_000)
+
+
+def gc_after_load() -> None:
+    """Freeze what is alive now (the model) and stop automatic full collections."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +292,9 @@ class ServedModel:
         try:
             handler = load_handler(self.model_dir, self._module_name)
             model = handler.model_fn(str(self.model_dir))
+            if model is None:
+                where = handler.source if "model_fn" in handler.overridden else "model_fn"
+                raise TypeError(f"{where}: model_fn returned None; it must return the loaded model")
             if handler.warmup_fn is not None:
                 handler.warmup_fn(model)
         except Exception as exc:
@@ -259,6 +305,7 @@ class ServedModel:
             return False
         self.handler, self.model = handler, model
         self.load_seconds = time.perf_counter() - start
+        gc_after_load()
         self.state = READY
         log.info("model %s ready in %.2f s", self.name or self.model_dir, self.load_seconds)
         self._ready.set()
@@ -296,7 +343,8 @@ class ServedModel:
             return Prepared(None, body, content_type, accept, None)
         kind = protocol.request_kind(content_type)  # 415 and 406 before any parsing or model work
         media = protocol.response_type(accept, kind)  # the one negotiation: ``run`` encodes for it
-        batch = protocol.parse(body, kind, protocol.custom_attributes(context.custom_attributes))
+        attributes = protocol.custom_attributes(context.custom_attributes)
+        batch = protocol.parse(body, kind, attributes, context.check)
         return Prepared(batch, body, content_type, media, cost(batch, self.model))
 
     def run(self, prepared: Prepared, context: Context) -> Reply:
@@ -304,7 +352,7 @@ class ServedModel:
         handler = self.handler
         assert handler is not None
         if prepared.batch is not None:  # the default pipeline: ``accept`` is the negotiated type
-            prediction = _client_errors(predict_fn, prepared.batch, self.model)
+            prediction = _client_errors(predict_fn, prepared.batch, self.model, context)
             return Reply(*encode(prediction, prepared.accept))
         data = _client_errors(handler.call, "input_fn", context, prepared.body, prepared.content_type)
         prediction = _client_errors(handler.call, "predict_fn", context, data, self.model)

@@ -22,6 +22,7 @@ import csv
 import functools
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +50,10 @@ _SCORE_FIELDS = frozenset({"pairs"})
 _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
 _ATTRIBUTE_SPLIT = re.compile(r"[;,]")
 _INT_ONLY = {int}
+CHECK_EVERY = 256
+# Raw ids travel as int64 (numpy id tables, every JSON encoder): a larger integer is a client error, not a
+# crash when its answer is encoded.
+MAX_ID = 2**63 - 1
 
 
 # --------------------------------------------------------------------------------------------- queries
@@ -188,12 +193,20 @@ def custom_attributes(header: str | None) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- parsing
-def parse(body: bytes, kind: Kind, attributes: dict[str, str] | None = None) -> Batch:
-    """Validate a request body into a ``Batch``; raises ``BadRequest`` saying what is wrong."""
+def parse(
+    body: bytes,
+    kind: Kind,
+    attributes: dict[str, str] | None = None,
+    check: Callable[[], None] | None = None,
+) -> Batch:
+    """Validate a request body into a ``Batch``; raises ``BadRequest`` saying what is wrong.
+
+    ``check`` is called every ``CHECK_EVERY`` JSON Lines records: it raises to abandon the parse.
+    """
     if kind == "json":
         return Batch([parse_query(_loads(body, "body"))], "json")
     if kind == "jsonlines":
-        return Batch(_parse_jsonlines(body), "jsonlines")
+        return Batch(_parse_jsonlines(body, check), "jsonlines")
     return Batch([_parse_csv(body, attributes or {})], "csv")
 
 
@@ -259,12 +272,14 @@ def ids(value: Any, field: str, where: str = "body") -> list:
     if not value:
         raise BadRequest(f"{where}: '{field}' is empty")
     # Fast path for the common all-integer array: C-level passes only (bool is not int here).
-    if set(map(type, value)) == _INT_ONLY and min(value) >= 0:
+    if set(map(type, value)) == _INT_ONLY and min(value) >= 0 and max(value) <= MAX_ID:
         return value
     for i, x in enumerate(value):
         if type(x) is int:
             if x < 0:
                 raise BadRequest(f"{where}: {field}[{i}] is {x}: ids are never negative")
+            if x > MAX_ID:
+                raise BadRequest(f"{where}: {field}[{i}] is {_short(x)}: integer ids must fit in 64 bits")
         elif isinstance(x, str):
             if not x.strip():
                 raise BadRequest(f"{where}: {field}[{i}] is an empty string")
@@ -295,9 +310,11 @@ def _pairs(value: Any, where: str) -> tuple[list, list]:
     return ids(users, "pairs[*][0]", where), ids(items, "pairs[*][1]", where)
 
 
-def _parse_jsonlines(body: bytes) -> list[Query]:
+def _parse_jsonlines(body: bytes, check: Callable[[], None] | None = None) -> list[Query]:
     queries = []
     for number, line in enumerate(body.split(b"\n"), start=1):
+        if check is not None and number % CHECK_EVERY == 0:
+            check()
         if line.strip():
             where = f"line {number}"
             queries.append(parse_query(_loads(line, where), where))
@@ -311,29 +328,45 @@ def _parse_csv(body: bytes, attributes: dict[str, str]) -> Query:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the CSV body is not UTF-8 text: {exc}") from None
+    # One row at a time into the columns: a million row lists kept and then freed together would hold the
+    # GIL for ~0.1 s when they go.
+    columns: list[list] = []
+    width = number = 0
     try:
-        rows = [[field.strip() for field in row] for row in csv.reader(io.StringIO(text))]
+        for raw in csv.reader(io.StringIO(text)):
+            row = [field.strip() for field in raw]
+            if not any(row):
+                continue
+            number += 1
+            if number == 1:
+                width = len(row)
+                if width not in (1, 2):
+                    raise BadRequest(
+                        f"CSV row 1 has {width} fields: rows are 'user' (recommend) or 'user,item' (score)"
+                    )
+                columns = [[] for _ in range(width)]
+            elif len(row) != width:
+                raise BadRequest(
+                    f"CSV row {number} has {len(row)} fields, row 1 has {width}: rows must agree"
+                )
+            for column, field in zip(columns, row, strict=True):
+                if _CANONICAL_INT.fullmatch(field):
+                    if len(field) > 20:  # far past int64, and int() refuses past 4,300 digits
+                        raise BadRequest(f"CSV row {number}: id {_short(field)} does not fit in 64 bits")
+                    column.append(int(field))
+                else:
+                    column.append(field)
     except csv.Error as exc:
         raise BadRequest(f"the CSV body is malformed: {exc}") from None
-    rows = [row for row in rows if any(row)]
-    if not rows:
+    if not number:
         raise BadRequest("the CSV body holds no records")
-    width = len(rows[0])
-    if width not in (1, 2):
-        raise BadRequest(f"CSV row 1 has {width} fields: rows are 'user' (recommend) or 'user,item' (score)")
-    columns: list[list] = [[] for _ in range(width)]
-    for number, row in enumerate(rows, start=1):
-        if len(row) != width:
-            raise BadRequest(f"CSV row {number} has {len(row)} fields, row 1 has {width}: rows must agree")
-        for column, field in zip(columns, row, strict=True):
-            column.append(int(field) if _CANONICAL_INT.fullmatch(field) else field)
     if width == 2:
         return ScoreQuery(ids(columns[0], "user", "CSV"), ids(columns[1], "item", "CSV"))
     k = attributes.get("k")
     exclude = attributes.get("exclude_seen", "true").lower()
     if exclude not in ("true", "false"):
         raise BadRequest(f"custom attribute exclude_seen={exclude!r} must be true or false")
-    if k is not None and not _CANONICAL_INT.fullmatch(k):
+    if k is not None and not (_CANONICAL_INT.fullmatch(k) and len(k) <= 18):
         raise BadRequest(f"custom attribute k={k!r} is not an integer")
     return RecommendQuery(
         ids(columns[0], "user", "CSV"), _k(DEFAULT_K if k is None else int(k), "CSV"), None, exclude == "true"
@@ -357,8 +390,28 @@ def _type_name(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
+    """A value for an error message, at most ~40 characters, without walking into nested containers
+    (a client may send an array nested thousands deep; encoders give up at a few hundred levels)."""
+    if isinstance(value, list):
+        text = "[" + ", ".join(_leaf(x) for x in value[:4]) + (", ...]" if len(value) > 4 else "]")
+    elif isinstance(value, dict):
+        keys = ", ".join(repr(str(k))[:20] for k in list(value)[:4])
+        text = "{" + keys + (", ...}" if len(value) > 4 else "}")
+    else:
+        text = _leaf(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _leaf(value: Any) -> str:
+    if isinstance(value, list):
+        return "[...]" if value else "[]"
+    if isinstance(value, dict):
+        return "{...}" if value else "{}"
+    if isinstance(value, str):
+        return repr(value[:40])
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"{str(value)[:12]}... ({len(str(value))} digits)"
+    return orjson.dumps(value).decode()
 
 
 # --------------------------------------------------------------------------------------------- encoding
@@ -391,11 +444,42 @@ def encode(results: list[Result], kind: Kind, accept: str) -> bytes:
         rows = _row_documents(results[0])
         if accept == JSONLINES:
             return b"".join(orjson.dumps(row) + b"\n" for row in rows)
-        return orjson.dumps(rows)
-    docs = [document(r) for r in results]
+        return _json_array(rows)
     if accept == JSONLINES:
-        return b"".join(orjson.dumps(doc) + b"\n" for doc in docs)
-    return orjson.dumps(docs[0] if kind == "json" else docs)
+        return b"".join(_json_document(r) + b"\n" for r in results)
+    if kind == "json":
+        return _json_document(results[0])
+    return _json_array([document(r) for r in results])
+
+
+# One orjson call holds the GIL until it returns: a list longer than this is encoded a slice at a time,
+# so the event loop (and /ping) gets its turns while a response of millions of values is built.
+ENCODE_SLICE = 4096
+
+
+def _json_array(values: list) -> bytes:
+    """``orjson.dumps(values)``, byte for byte, in slices of ``ENCODE_SLICE``."""
+    return orjson.dumps(values) if len(values) <= ENCODE_SLICE else b"".join(_array_parts(values))
+
+
+def _array_parts(values: list) -> list[bytes]:
+    parts = [b"["]
+    for i in range(0, len(values), ENCODE_SLICE):
+        parts += (orjson.dumps(values[i : i + ENCODE_SLICE])[1:-1], b",")
+    parts[-1] = b"]"
+    return parts
+
+
+def _json_document(result: Result) -> bytes:
+    """``orjson.dumps(document(result))``, byte for byte, with long arrays encoded in slices (joined once:
+    each copy of a response of hundreds of MB also holds the GIL)."""
+    if isinstance(result, RecommendResult):
+        recs = [r.as_dict() for r in result.recommendations]
+        return b"".join([b'{"recommendations":', *_array_parts(recs), b"}"])
+    if isinstance(result, ScoreResult):
+        parts = [b'{"scores":', *_array_parts(result.scores), b',"fallback":', *_array_parts(result.fallback)]
+        return b"".join([*parts, b"}"])
+    return orjson.dumps(document(result))
 
 
 def _csv_rows(result: Result) -> bytes:

@@ -67,8 +67,11 @@ def artifact_bytes(url: str | Path) -> int:
 
 
 def release_memory() -> None:
-    """Collect, then hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    """Collect (the frozen models too: one was just dropped), then hand freed heap pages back to the OS
+    (glibc keeps them otherwise)."""
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

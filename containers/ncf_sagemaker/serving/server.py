@@ -14,6 +14,7 @@ import argparse
 import atexit
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -78,11 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in _THREAD_POOL_ENV:
         os.environ.setdefault(name, str(settings.torch_threads))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    raise_file_limit(settings.max_connections)
     if settings.multi_model and settings.mme_state_dir is None:
         state = tempfile.mkdtemp(prefix="ncf-mme-")
         os.environ[settings_module.MME_STATE_DIR_ENV] = state
@@ -90,6 +90,45 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_module.Settings.from_env()
     ServeApplication(settings).run()
     return 0
+
+
+class OneLineFormatter(logging.Formatter):
+    """Control characters in a message are escaped: a path or model name holding ``\n`` (sent as
+    ``%0a``) cannot forge log lines. Tracebacks, added after the message, keep their lines."""
+
+    _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(self._ESCAPES)
+        return super().formatMessage(record)
+
+
+# Descriptors a worker needs besides its connections: the listening socket, logs, the model's files.
+_SPARE_FDS = 256
+
+
+def raise_file_limit(connections: int) -> int:
+    """Raise this process's (and so its workers') soft open-file limit for ``connections`` per worker,
+    as far as the hard limit allows; returns the new soft limit. Below the need, says so in the log."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + _SPARE_FDS
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            logging.getLogger("ncf_sagemaker.serving").warning("cannot raise the open-file limit: %s", exc)
+    if soft < want:
+        logging.getLogger("ncf_sagemaker.serving").warning(
+            "open-file limit %d is below the %d that %s=%d connections need: lower it or raise the limit "
+            "(docker run --ulimit nofile=...)",
+            soft,
+            want,
+            settings_module.MAX_CONNECTIONS_ENV,
+            connections,
+        )
+    return soft
 
 
 def build_app(settings: settings_module.Settings) -> Any:

@@ -23,6 +23,9 @@ MME_STATE_DIR_ENV = "NCF_MME_STATE_DIR"
 MAX_CONCURRENT_TRANSFORMS_ENV = "NCF_MAX_CONCURRENT_TRANSFORMS"
 BIND_HOST_ENV = "NCF_BIND_HOST"
 INLINE_PAIRS_ENV = "NCF_INLINE_PAIRS"
+HEADER_TIMEOUT_ENV = "NCF_HEADER_TIMEOUT_S"
+BODY_TIMEOUT_ENV = "NCF_BODY_TIMEOUT_S"
+MAX_CONNECTIONS_ENV = "NCF_MAX_CONNECTIONS"
 # Above this many scored pairs (~0.3 ms of numpy work on ML-1M NeuMF-32) a request goes to the thread
 # pool: numpy releases the GIL in its matmuls, so a one-worker server then scores on every core, and
 # /ping never waits behind it. The seed payload (100 pairs) stays on the event loop.
@@ -30,6 +33,16 @@ DEFAULT_INLINE_PAIRS = 1_000
 
 DEFAULT_TIMEOUT_S = 60
 DEFAULT_THREADS = 4
+# A connection must send its first request's headers within this, and a body must arrive within the
+# other: a client that opens connections and sends nothing (or trickles) cannot hold them for ever.
+DEFAULT_HEADER_TIMEOUT_S = 10
+DEFAULT_BODY_TIMEOUT_S = 30
+# Open connections per worker before new ones get a fast 503; the file-descriptor limit is raised above
+# it at start (``server``). Well above the 1,000 idle connections a health check must survive.
+DEFAULT_MAX_CONNECTIONS = 4096
+# Workers by default: one per core up to this many. Two or more keep the endpoint healthy while a
+# crashed worker is replaced; each costs one model copy (containers/serve/README.md, Memory).
+MAX_DEFAULT_WORKERS = 4
 DEFAULT_K = 10
 ACCESS_LOG_MODES = ("all", "errors", "off")
 
@@ -58,6 +71,18 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity, which docker --cpuset-cpus sets), else the count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(cpus: int | None = None) -> int:
+    return max(1, min(available_cpus() if cpus is None else cpus, MAX_DEFAULT_WORKERS))
 
 
 def total_memory_mb() -> int:
@@ -89,14 +114,15 @@ class Settings:
     log_level: str
     max_concurrent_transforms: int
     inline_pairs: int
+    header_timeout_s: int = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: int = DEFAULT_BODY_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @classmethod
     def from_env(cls) -> Settings:
         """Read ``os.environ`` (paths through ``platform``, so ``SAGEMAKER_BASE_DIR`` applies)."""
         env = os.environ
-        # One worker process (one model copy) by default: its event loop already beats the targets on 2
-        # cores (containers/serve/README.md); more workers add throughput and a model copy each.
-        workers = _int(env, platform.MODEL_SERVER_WORKERS_ENV, 1)
+        workers = _int(env, platform.MODEL_SERVER_WORKERS_ENV, default_workers())
         access_log = env.get(ACCESS_LOG_ENV, "all").strip().lower() or "all"
         if access_log not in ACCESS_LOG_MODES:
             raise SettingsError(
@@ -121,4 +147,7 @@ class Settings:
             log_level=(env.get(LOG_LEVEL_ENV, "info").strip() or "info").lower(),
             max_concurrent_transforms=_int(env, MAX_CONCURRENT_TRANSFORMS_ENV, workers * threads),
             inline_pairs=_int(env, INLINE_PAIRS_ENV, DEFAULT_INLINE_PAIRS, minimum=0),
+            header_timeout_s=_int(env, HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT_S),
+            body_timeout_s=_int(env, BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S),
+            max_connections=_int(env, MAX_CONNECTIONS_ENV, DEFAULT_MAX_CONNECTIONS),
         )
