@@ -250,3 +250,32 @@ def _wait(predicate, timeout: float = 20) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------------------------- hostile input
+@pytest.mark.parametrize("name", ["模型", "émoji-😀", "mü"])
+def test_non_ascii_model_names_load_answer_describe_and_unload(server, models_root, rec, name):
+    from urllib.parse import quote
+
+    path = "/models/" + quote(name)
+    assert load(server, name, models_root / "b" / "model").status == 200
+    try:
+        assert server.request("GET", path).json()["modelName"] == name
+        assert server.request("POST", path + "/invoke", seed(rec)).status == 200
+    finally:
+        assert server.request("DELETE", path).status == 200
+    assert_json_error(server.request("GET", path), 404, "is not loaded")
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        ({"model_name": "m", "url": "/" + "x" * 100_000}, "at most 4096 characters"),
+        ({"model_name": "m", "url": "/tmp/a\x00b"}, "NUL"),
+        ({"model_name": "m\nFORGED", "url": "/tmp"}, "control characters"),
+        ({"model_name": "m", "url": "/x/" + "y" * 300}, "no ncf_core model artifact"),
+    ],
+)
+def test_hostile_load_requests_are_400s_or_404s(server, doc, fragment):
+    resp = server.request("POST", "/models", doc)
+    assert resp.status in (400, 404) and fragment in resp.json()["error"], resp.body[:300]

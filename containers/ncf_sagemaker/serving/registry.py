@@ -48,6 +48,7 @@ COST_FACTOR = 3
 SYNC_INTERVAL_S = 0.5
 DEFAULT_PAGE_SIZE = 100
 MAX_NAME_LENGTH = 256
+MAX_URL_LENGTH = 4096  # Linux's PATH_MAX: a longer path cannot name a directory
 
 
 @dataclass(frozen=True)
@@ -146,9 +147,13 @@ class ModelRegistry:
     def load(self, name: Any, url: Any) -> Entry:
         """Load Model API: 200, 409 if the name is taken, 404 if no artifact at url, 507 over budget."""
         name, url = _check_name(name), _check_url(url)
-        if not Path(url).is_dir() or not is_artifact(url):
+        try:
+            found = Path(url).is_dir() and is_artifact(url)
+            cost = COST_FACTOR * artifact_bytes(url) * self.workers if found else 0
+        except OSError as exc:  # a path component over 255 bytes, a directory we may not read...
+            raise NotFound(f"no ncf_core model artifact at {url[:200]!r}: {exc.strerror}") from None
+        if not found:
             raise NotFound(f"no ncf_core model artifact at {url!r} (expected ncf_config.json there)")
-        cost = COST_FACTOR * artifact_bytes(url) * self.workers
         with self._locked() as lock:
             entries = dict(self.entries())
             if name in entries:
@@ -284,12 +289,20 @@ def _check_name(name: Any) -> str:
         raise BadRequest("'model_name' must be a non-empty string")
     if len(name) > MAX_NAME_LENGTH or "/" in name:
         raise BadRequest(f"'model_name' must be at most {MAX_NAME_LENGTH} characters without '/'")
+    if not name.isprintable():
+        raise BadRequest("'model_name' must not hold control characters (newlines, tabs, NUL...)")
     return name
 
 
 def _check_url(url: Any) -> str:
     if not isinstance(url, str) or not url.strip():
         raise BadRequest("'url' must be a non-empty string: the model's directory")
+    if len(url) > MAX_URL_LENGTH:
+        raise BadRequest(
+            f"'url' must be at most {MAX_URL_LENGTH} characters (a directory path), got {len(url)}"
+        )
+    if "\x00" in url:
+        raise BadRequest("'url' must not hold a NUL character")
     return url
 
 
