@@ -121,10 +121,15 @@ def request(
 
 
 def start_server(
-    model_dir: Path, port: int, native_blas: bool, log_path: Path, workers: int | None
+    model_dir: Path,
+    port: int,
+    native_blas: bool,
+    log_path: Path,
+    workers: int | None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, dict]:
     """Start ``serve`` and poll /ping and the seed invocation until the invocation succeeds."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGEMAKER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGEMAKER_")} | (extra_env or {})
     if native_blas:
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.hostile import CORPUS, CSV, JL, J, largest_payload
 from tests.support.serving import assert_json_error, copy_model, running_server
 
 
@@ -43,43 +44,6 @@ def ping_ms(port: int, timeout: float = 5) -> float:
 
 
 # --------------------------------------------------------------------------------------------- 4xx corpus
-J, JL, CSV = "application/json", "application/jsonlines", "text/csv"
-DEEP = b"[" * 5000 + b"]" * 5000
-# (method, path, content type, body, status, fragment of the error message)
-CORPUS = [
-    ("POST", "/invocations", J, b'{"pairs": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}", 400, "pairs[0]"),
-    ("POST", "/invocations", J, b'{"users": ' + DEEP + b"}", 400, ""),
-    ("POST", "/invocations", J, DEEP, 400, "must be a JSON object"),
-    ("POST", "/invocations", J, b'{"users": [9223372036854775808]}', 400, "must fit in 64 bits"),
-    ("POST", "/invocations", J, b'{"users": [1' + b"0" * 40 + b"]}", 400, "got the number"),
-    ("POST", "/invocations", J, b'{"users": [1], "k": NaN}', 400, "not valid JSON"),
-    ("POST", "/invocations", J, b'{"users": [1], "k": Infinity}', 400, "not valid JSON"),
-    ("POST", "/invocations", J, b'{"users": [1e999]}', 400, "not valid JSON"),
-    ("POST", "/invocations", J, b'{"users": [1], "candidates": []}', 400, "'candidates' is empty"),
-    ("POST", "/invocations", J, b'{"users": [1], "candidates": [' + b"1," * 5000 + b"1]}", 400, "knows only"),
-    ("POST", "/invocations", J, b'{"users": [1], "exclude_seen": "yes"}', 400, "'exclude_seen'"),
-    ("POST", "/invocations", J, b'{"users": [{"a": 1}]}', 400, "users[0]"),
-    ("POST", "/invocations", J, b'{"users": ["\xd9\xa3"]}', 200, ""),  # "٣" is an unknown id, not 3
-    ("POST", "/invocations", J, b"\xff\xfe", 400, "not valid JSON"),
-    ("POST", "/invocations", J, b"", 400, "not valid JSON"),
-    ("POST", "/invocations", JL, b'{"users": [1]}\n\n{"users": [1], "k": "3"}\n', 400, "line 3"),
-    ("POST", "/invocations", JL, b'{"users": [1]}\n[1, 2]\n', 400, "line 2"),
-    ("POST", "/invocations", JL, b"\n\n", 400, "no records"),
-    ("POST", "/invocations", CSV, b"1\n" + b"9" * 30 + b"\n", 400, "row 2"),
-    ("POST", "/invocations", CSV, b"1\n" + b"9" * 5000 + b"\n", 400, "64 bits"),
-    ("POST", "/invocations", CSV, b"1,2\n3\n", 400, "row 2"),
-    ("POST", "/invocations", CSV, b"1,2,3\n", 400, "3 fields"),
-    ("POST", "/invocations", CSV, b"\xff\xfe1\n", 400, "not UTF-8"),
-    ("POST", "/invocations", "text/csv; charset=latin-1", b"1\n", 415, "charset"),
-    ("POST", "/invocations", "application/x-protobuf", b"1", 415, "not supported"),
-    ("GET", "/invocations", None, None, 405, "POST"),
-    ("PUT", "/ping", None, None, 405, "GET"),
-    ("GET", "/ping/", None, None, 404, "no route"),
-    ("GET", "/%0a%0dforged", None, None, 404, "no route"),
-    ("POST", "/models", J, b'{"model_name": "m", "url": "/x"}', 404, "SAGEMAKER_MULTI_MODEL"),
-]
-
-
 @pytest.mark.parametrize(("method", "path", "ctype", "body", "status", "fragment"), CORPUS)
 def test_every_client_error_is_a_4xx_naming_the_problem(server, method, path, ctype, body, status, fragment):
     headers = {"Content-Type": ctype} if ctype else {}
@@ -149,21 +113,6 @@ def test_after_the_corpus_and_the_fuzz_the_worker_never_crashed(server):
 
 
 # --------------------------------------------------------------------------------------------- /ping
-def _largest(rec, kind: str, limit: int) -> bytes:
-    """About ``limit`` bytes of valid requests of ``kind``: pair scores (JSON), one-user recommendations
-    (JSON Lines, the many-records case), users to recommend for (CSV, batch transform)."""
-    users, items = rec.users.ids, rec.items.ids
-    if kind == J:
-        n = limit // 10
-        pairs = [[users[i % len(users)], items[i % len(items)]] for i in range(n)]
-        return json.dumps({"pairs": pairs}, separators=(",", ":")).encode()
-    if kind == JL:
-        lines = b"".join(json.dumps({"users": [u], "k": 10}).encode() + b"\n" for u in users)
-        return lines * (limit // len(lines))
-    rows = b"\n".join(str(u).encode() for u in users) + b"\n"
-    return rows * (limit // len(rows))
-
-
 @pytest.mark.parametrize("kind", [J, JL, CSV])
 def test_ping_answers_within_100ms_while_the_largest_payload_is_processed(model_dir, rec, tmp_path, kind):
     # The request ends in 504 after 8 s at most (and its work stops): enough to sample /ping 100 times.
@@ -172,7 +121,7 @@ def test_ping_answers_within_100ms_while_the_largest_payload_is_processed(model_
         "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6",
         "SAGEMAKER_MODEL_SERVER_TIMEOUT": "8",
     }
-    body = _largest(rec, kind, 6 * 2**20 - 1024)
+    body = largest_payload(rec.users.ids, rec.items.ids, kind, 6 * 2**20 - 1024)
     with running_server(tmp_path, model_dir, env) as srv:
         done = threading.Event()
         results = []
