@@ -230,3 +230,26 @@ def test_cuda_requested_without_cuda_is_a_clear_error(planted):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         Trainer(planted, replace(FAST, device="cuda"))
+
+
+def test_long_epochs_log_progress_lines_the_metric_regexes_do_not_read(planted, caplog):
+    import json
+
+    from tests.support.paths import ROOT
+
+    config = replace(FAST, epochs=1, batch_size=64)
+    with caplog.at_level("INFO", logger="ncf_core.training"):
+        Trainer(planted, config, progress_interval_s=0.0).fit()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    steps = -(-len(planted.train_users) * (1 + config.num_neg) // config.batch_size)
+    assert 1 <= len(lines) <= steps  # at most one per step even with a zero interval
+    fields = dict(re.findall(r"(\w+)=([0-9.inf]+);", lines[-1]))
+    assert set(fields) == {"epoch_number", "epoch_samples_done", "epoch_samples", "samples_per_s", "eta_s"}
+    assert int(fields["epoch_samples_done"]) < int(fields["epoch_samples"])
+    definitions = json.loads((ROOT / "scripts" / "metric_definitions.json").read_text())["MetricDefinitions"]
+    for line in lines:
+        assert not any(re.search(d["Regex"], line) for d in definitions), line
+    with caplog.at_level("INFO", logger="ncf_core.training"):
+        caplog.clear()
+        Trainer(planted, config).fit()  # the default interval: a short epoch logs no progress at all
+    assert not [r for r in caplog.records if r.getMessage().startswith("progress:")]
