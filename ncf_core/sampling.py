@@ -22,6 +22,9 @@ class PositiveSet:
         self.num_items = num_items
         keys = users.to(torch.int64) * num_items + items.to(torch.int64)
         self.device = keys.device
+        # Counted once from the keys: summing the bitmap per user promoted all of it to int64 (1.5 GB
+        # for 185M cells), the peak of a whole training run.
+        self._per_user = torch.bincount(torch.unique(keys) // num_items, minlength=num_users)
         if num_users * num_items <= DENSE_BITMAP_MAX_CELLS:
             self._bitmap: torch.Tensor | None = torch.zeros(
                 num_users * num_items, dtype=torch.bool, device=self.device
@@ -45,10 +48,7 @@ class PositiveSet:
 
     def positives_per_user(self) -> torch.Tensor:
         """Number of positives of each user (to detect users who have no item left to sample)."""
-        if self._bitmap is not None:
-            return self._bitmap.view(self.num_users, self.num_items).sum(1)
-        assert self._sorted_keys is not None
-        return torch.bincount(self._sorted_keys // self.num_items, minlength=self.num_users)
+        return self._per_user
 
 
 def sample_negatives(

@@ -53,3 +53,13 @@ def test_user_with_every_item_cannot_be_sampled():
     positives = PositiveSet(torch.zeros(3, dtype=torch.long), torch.arange(3), 1, 3)
     with pytest.raises(ValueError, match="every item"):
         sample_negatives(torch.zeros(2, dtype=torch.long), positives, torch.Generator())
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_positives_per_user_counts_distinct_items_on_both_paths(monkeypatch, dense):
+    monkeypatch.setattr(sampling, "DENSE_BITMAP_MAX_CELLS", 10**9 if dense else 0)
+    users = torch.tensor([0, 0, 0, 2, 2, 3])
+    items = torch.tensor([1, 1, 4, 0, 3, 2])  # user 0 lists item 1 twice
+    positives = sampling.PositiveSet(users, items, num_users=5, num_items=6)
+    assert (positives._bitmap is not None) == dense
+    assert positives.positives_per_user().tolist() == [2, 0, 2, 1, 0]
