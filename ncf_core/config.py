@@ -29,6 +29,8 @@ MODEL_TYPES: tuple[str, ...] = ("gmf", "mlp", "neumf")
 DEFAULT_TOP_K = 10  # K of HR@K / NDCG@K, and the default length of a recommendation list
 NUM_EVAL_NEGATIVES = 99  # negatives each held-out item is ranked against (He et al. 2017)
 PLATFORM_HP_PREFIX = "sagemaker_"  # hyperparameters starting with it belong to the SageMaker platform
+AUTO = "auto"  # the hyperparameter text for None where ``auto`` is set (e.g. pretrain_alpha)
+NONE = "none"  # the hyperparameter text for None elsewhere (e.g. min_rating)
 
 _SCHEMA = "ncf_schema"  # the dataclass field metadata key
 _FIELD_NAME = ""  # stands for "spelled like the field" in spec()
@@ -236,6 +238,23 @@ def unknown_hyperparameters(names: Iterable[str]) -> list[str]:
     """The names, sorted, that the image would refuse."""
     accepted = hyperparameters()
     return sorted(n for n in names if n not in accepted and not is_platform_key(n))
+
+
+def null_text(e: Entry) -> str | None:
+    """The text that stands for None in a hyperparameter with a None default: ``auto`` or ``none``."""
+    if e.default is not None:
+        return None
+    return AUTO if e.auto else NONE
+
+
+def default_as_sent(e: Entry) -> str:
+    """The default as SageMaker sends a hyperparameter (a string the image parses back to the default):
+    what a pipeline parameter defaults to, so that not overriding it means the schema's default."""
+    if e.default is None:
+        return str(null_text(e))
+    if isinstance(e.default, bool):
+        return str(e.default).lower()
+    return str(e.default)
 
 
 def _shown(e: Entry) -> str:

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import artifact, pretraining
 from . import data as ncf_data
 from .config import DEFAULT_TOP_K
-from .errors import ConfigError
-from .evaluation import evaluate
+from .errors import ConfigError, DataError
+from .evaluation import Metrics, evaluate
 from .models import NCF
 from .training import Distributed, EpochReport, TrainConfig, Trainer, TrainResult
 
@@ -104,3 +106,44 @@ def evaluate_artifact(
     if data.val is not None:
         out |= evaluate(art.model, data.val, k).as_dict("val_")
     return out
+
+
+def load_test_split(
+    art: artifact.Artifact, rating_file: str | Path, negative_file: str | Path
+) -> ncf_data.EvalSplit:
+    """The held-out pairs of an NCF ``*.test.rating`` with their ``*.test.negative`` lists, in the model's
+    indices (ids mapped through its id maps, so a model trained on raw ids is evaluated on raw ids).
+
+    Raises DataError when there is no test user, a pair has no negatives line, or an id is not the model's:
+    a quality gate must never pass on an empty or foreign test set."""
+    users, items = ncf_data.read_pairs(rating_file)
+    neg_users, neg_items, negatives = ncf_data.read_negatives(negative_file)
+    if len(users) == 0:
+        raise DataError("no test users: nothing to evaluate", rating_file)
+    row = {(int(u), int(i)): k for k, (u, i) in enumerate(zip(neg_users, neg_items, strict=True))}
+    missing = [(int(u), int(i)) for u, i in zip(users, items, strict=True) if (int(u), int(i)) not in row]
+    if missing:
+        raise DataError(f"{len(missing)} test pairs have no line in {negative_file} (first: {missing[0]})")
+    order = np.asarray([row[(int(u), int(i))] for u, i in zip(users, items, strict=True)], np.int64)
+    user_index = {raw: k for k, raw in enumerate(art.user_ids)}
+    item_index = {raw: k for k, raw in enumerate(art.item_ids)}
+
+    def mapped(ids: np.ndarray, index: dict, kind: str, path: str | Path) -> np.ndarray:
+        unknown = sorted({int(x) for x in np.unique(ids)} - index.keys())
+        if unknown:
+            raise DataError(f"{len(unknown)} {kind} ids the model does not know (first: {unknown[0]})", path)
+        return np.asarray([index[int(x)] for x in ids.ravel()], np.int64).reshape(ids.shape)
+
+    return ncf_data.EvalSplit(
+        mapped(users, user_index, "user", rating_file),
+        mapped(items, item_index, "item", rating_file),
+        mapped(negatives[order], item_index, "item", negative_file),
+    )
+
+
+def evaluate_test_files(
+    model_dir: str | Path, rating_file: str | Path, negative_file: str | Path, k: int = DEFAULT_TOP_K
+) -> Metrics:
+    """HR@k / NDCG@k of a saved model on NCF test files (the pipeline's Evaluate step)."""
+    art = artifact.load(model_dir)
+    return evaluate(art.model, load_test_split(art, rating_file, negative_file), k)

@@ -94,3 +94,30 @@ def checkpoint_dir() -> Path:
     if BASE_DIR_ENV in os.environ:
         return base_dir() / "checkpoints"
     return Path(DEFAULT_CHECKPOINT_DIR)
+
+
+# ------------------------------------------------------------------ processing jobs (the `evaluate` program)
+# A processing job mounts each ProcessingInput and ProcessingOutput at the path its request names; ours are
+# fixed here, so the pipeline definition (mlops/ncf_mlops) and the program in the image agree.
+PROCESSING_SUBDIR = "processing"
+PROCESSING_MODEL = "model"  # input: a training job's model.tar.gz
+PROCESSING_TEST = "test"  # input: *.test.rating + *.test.negative
+PROCESSING_EVALUATION = "evaluation"  # output: evaluation.json
+MODEL_ARCHIVE = "model.tar.gz"  # what a training job leaves in S3 (SageMaker tars /opt/ml/model)
+EVALUATION_REPORT = "evaluation.json"
+EXIT_MESSAGE_LIMIT = 1024  # DescribeProcessingJob's ExitMessage keeps the first 1 KB
+
+
+def processing_container_path(name: str) -> str:
+    """Where the job mounts input/output ``name`` inside the container (what its request says)."""
+    return f"{DEFAULT_BASE_DIR}/{PROCESSING_SUBDIR}/{name}"
+
+
+def processing_dir(name: str) -> Path:
+    """The same directory as the program sees it (relocated by SAGEMAKER_BASE_DIR in tests)."""
+    return base_dir() / PROCESSING_SUBDIR / name
+
+
+def exit_message_file() -> Path:
+    """/opt/ml/output/message: a processing job's ExitMessage (its FailureReason, in effect)."""
+    return output_dir() / "message"

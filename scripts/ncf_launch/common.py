@@ -24,6 +24,10 @@ TRAIN_REPOSITORY = "ncf-train"
 SERVE_REPOSITORY = "ncf-serve"
 LOCAL_TAG = "local"
 BOTO3_PIN = "boto3==1.43.11"
+# Defaults the launchers and the pipeline (mlops/ncf_mlops) share.
+TRAIN_INSTANCE_TYPE = "ml.m5.xlarge"
+SERVE_INSTANCE_TYPE = "ml.m5.large"
+ROLE_ENV = "SAGEMAKER_ROLE_ARN"  # the IAM role SageMaker assumes (--role-arn)
 
 # SageMaker resource names (jobs, models, endpoint configs, endpoints): 1-63 characters.
 _SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -224,7 +228,7 @@ def check_name(name: str, what: str, max_len: int = 63) -> str:
 def check_role_arn(arn: str | None) -> str:
     if not arn:
         raise UsageError(
-            "no IAM role for SageMaker: pass --role-arn or set SAGEMAKER_ROLE_ARN "
+            f"no IAM role for SageMaker: pass --role-arn or set {ROLE_ENV} "
             "(a role SageMaker can assume, with access to your bucket and ECR)"
         )
     if not _ROLE_ARN.match(arn):
@@ -268,11 +272,20 @@ def parse_ecr_image(uri: str) -> re.Match | None:
     return _ECR_IMAGE.match(uri)
 
 
+def ecr_image_uri(account: str, region: str, repository: str, tag: str = "latest") -> str:
+    return f"{account}.dkr.ecr.{region}.amazonaws.com/{repository}:{tag}"
+
+
 def default_image(aws: Aws, repository: str, tag: str = "latest") -> str:
     """The URI of `repository:tag` in this account's ECR, checked to exist."""
-    uri = f"{aws.account}.dkr.ecr.{aws.region}.amazonaws.com/{repository}:{tag}"
+    uri = ecr_image_uri(aws.account, aws.region, repository, tag)
     check_ecr_image(aws, uri)
     return uri
+
+
+def role_arn_option(p) -> None:
+    """``--role-arn`` defaulting to $SAGEMAKER_ROLE_ARN, as every launcher takes it."""
+    p.add_argument("--role-arn", default=os.environ.get(ROLE_ENV), help=f"IAM role (env {ROLE_ENV})")
 
 
 def check_ecr_image(aws: Aws, uri: str) -> None:

@@ -20,11 +20,11 @@ prefix holding one model.tar.gz per model (invoke.sh --target-model NAME.tar.gz 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import time
 
 from .common import (
+    SERVE_INSTANCE_TYPE,
     SERVE_REPOSITORY,
     STAMP_PATTERN,
     Aws,
@@ -41,6 +41,7 @@ from .common import (
     key_values,
     parse_s3_uri,
     result,
+    role_arn_option,
     run_main,
     say,
     show_request,
@@ -75,10 +76,10 @@ def parser() -> argparse.ArgumentParser:
         "--multi-model", action="store_true", help="multi-model endpoint: --model-data is a prefix"
     )
     p.add_argument("--image", help="serving image URI (default: ncf-serve:latest in ECR)")
+    role_arn_option(p)
     p.add_argument(
-        "--role-arn", default=os.environ.get("SAGEMAKER_ROLE_ARN"), help="IAM role (env SAGEMAKER_ROLE_ARN)"
+        "--instance-type", default=SERVE_INSTANCE_TYPE, help=f"per variant (default {SERVE_INSTANCE_TYPE})"
     )
-    p.add_argument("--instance-type", default="ml.m5.large", help="per variant (default ml.m5.large)")
     p.add_argument("--instance-count", type=int, default=1, help="initial instances per variant (default 1)")
     canary = p.add_mutually_exclusive_group()
     canary.add_argument("--canary-model-data", metavar="S3_URI", help="second variant: this model")

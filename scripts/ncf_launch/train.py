@@ -35,6 +35,7 @@ from ncf_core.jsonio import write_json
 
 from .common import (
     LOCAL_TAG,
+    TRAIN_INSTANCE_TYPE,
     TRAIN_REPOSITORY,
     Aws,
     Failure,
@@ -51,6 +52,7 @@ from .common import (
     parse_s3_uri,
     require_objects,
     result,
+    role_arn_option,
     run,
     run_main,
     say,
@@ -87,11 +89,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image", help="training image URI (default: ncf-train:latest in ECR; ncf-train:local with --local)"
     )
-    p.add_argument(
-        "--role-arn", default=os.environ.get("SAGEMAKER_ROLE_ARN"), help="IAM role (env SAGEMAKER_ROLE_ARN)"
-    )
+    role_arn_option(p)
     p.add_argument("--output", metavar="S3_URI", help="where SageMaker writes model.tar.gz and output data")
-    p.add_argument("--instance-type", help="default ml.m5.xlarge (local or local_gpu with --local)")
+    p.add_argument("--instance-type", help=f"default {TRAIN_INSTANCE_TYPE} (local or local_gpu with --local)")
     p.add_argument(
         "--instance-count", type=int, default=1, help="more than 1: distributed data-parallel training"
     )
@@ -179,7 +179,7 @@ def training_request(args: argparse.Namespace, job: str, image: str, hp: dict[st
         "InputDataConfig": [channel(name, getattr(args, name)) for name in CHANNELS if getattr(args, name)],
         "OutputDataConfig": {"S3OutputPath": output},
         "ResourceConfig": {
-            "InstanceType": args.instance_type or "ml.m5.xlarge",
+            "InstanceType": args.instance_type or TRAIN_INSTANCE_TYPE,
             "InstanceCount": args.instance_count,
             "VolumeSizeInGB": args.volume_gb,
         },

@@ -123,3 +123,11 @@ def test_readme_table_is_the_rendered_one():
     assert lines.count(header) == 1
     table = takewhile(lambda line: line.startswith("|"), lines[lines.index(header) :])
     assert "\n".join(table) + "\n" == config.hyperparameter_table()
+
+
+@pytest.mark.parametrize("e", HYPERPARAMETER_ENTRIES, ids=lambda e: e.name)
+def test_each_default_as_sent_parses_back_to_the_default(e):
+    """What a pipeline parameter defaults to (a string, as SageMaker sends it) means the schema default."""
+    text = config.default_as_sent(e)
+    assert isinstance(text, str)
+    assert parsed(hyperparameters.parse({e.hyperparameter: text}), e) == e.default

@@ -94,7 +94,8 @@ def parse(raw: dict[str, Any]) -> JobOptions:
             plat[key] = decode(raw_value)
         elif key in accepted:
             entry = accepted[key]
-            if entry.auto and str(decode(raw_value)).strip().lower() == "auto":
+            null = schema.null_text(entry)
+            if null is not None and str(decode(raw_value)).strip().lower() == null:
                 value = None
             else:
                 value = convert(key, raw_value, entry.kind)

@@ -1,0 +1,134 @@
+"""The ``evaluate`` program: the pipeline's Evaluate step, a SageMaker processing job on the training image.
+
+Reads the trained ``model.tar.gz`` (``/opt/ml/processing/model``) and NCF test files (``*.test.rating`` +
+``*.test.negative`` in ``/opt/ml/processing/test``), computes HR@K and NDCG@K with ``ncf_core`` and writes
+``/opt/ml/processing/evaluation/evaluation.json`` in the shape SageMaker's model metrics take (the
+pipeline's quality gate reads it with ``JsonGet``; the model package links it as its model statistics),
+and prints the same JSON on stdout. A failure (no test users, ids the model does not know, a broken
+archive) exits 1 with the reason on stderr and in ``/opt/ml/output/message`` (the job's ExitMessage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ncf_core.config import DEFAULT_TOP_K
+from ncf_core.errors import DataError, NcfError
+from ncf_core.jsonio import write_json
+
+from . import platform
+from .archives import extract_tar
+
+if TYPE_CHECKING:
+    from ncf_core.evaluation import Metrics
+
+log = logging.getLogger("ncf_sagemaker.evaluate")
+
+# The report's names; the pipeline (mlops/ncf_mlops) reads them back, so this module imports no torch at
+# the top.
+REPORT_SECTION = "metrics"
+USERS_EVALUATED = "users_evaluated"
+K = "k"
+
+
+def metric_name(kind: str, k: int) -> str:
+    """``hr_at_10``, ``ndcg_at_10``: the report's name of HR@K / NDCG@K."""
+    return f"{kind}_at_{k}"
+
+
+def json_path(name: str) -> str:
+    """Where a figure lies in evaluation.json, as a pipeline's ``JsonGet`` spells it."""
+    return f"{REPORT_SECTION}.{name}.value"
+
+
+def report(metrics: Metrics) -> dict[str, Any]:
+    """``{"metrics": {"hr_at_10": {"value": ...}, ...}}``: the model-metrics shape (names carry K)."""
+    k = metrics.k
+    values = {
+        metric_name("hr", k): metrics.hr,
+        metric_name("ndcg", k): metrics.ndcg,
+        USERS_EVALUATED: metrics.users,
+        K: k,
+    }
+    return {REPORT_SECTION: {name: {"value": value} for name, value in values.items()}}
+
+
+def _one(directory: Path, suffix: str) -> Path:
+    found = sorted(p for p in directory.rglob("*" + suffix) if p.is_file())
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        message = f"{what} '*{suffix}' files in the test input (expected one): no test users"
+        raise DataError(message, directory)
+    return found[0]
+
+
+def model_directory(source: Path, scratch: Path) -> Path:
+    """An unpacked artifact: ``source`` itself, or its ``model.tar.gz`` extracted under ``scratch``."""
+    from ncf_core import artifact
+
+    if artifact.is_artifact(source):
+        return source
+    archive = source if source.is_file() else source / platform.MODEL_ARCHIVE
+    if not archive.is_file():
+        raise DataError(f"no {platform.MODEL_ARCHIVE} and no artifact in the model input", source)
+    extract_tar(archive, scratch)
+    return scratch
+
+
+def evaluate(model_input: Path, test_input: Path, k: int = DEFAULT_TOP_K) -> dict[str, Any]:
+    from ncf_core import data as ncf_data  # numpy and torch: only once the program runs
+    from ncf_core.pipeline import evaluate_test_files
+
+    rating = _one(test_input, ncf_data.NCF_SUFFIXES["test"])
+    negative = _one(test_input, ncf_data.NCF_SUFFIXES["negative"])
+    with tempfile.TemporaryDirectory(prefix="ncf-evaluate-") as scratch:
+        metrics = evaluate_test_files(model_directory(model_input, Path(scratch)), rating, negative, k)
+    if metrics.users == 0:
+        raise DataError("no test users: nothing to evaluate", rating)
+    return report(metrics)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--k", type=int, default=DEFAULT_TOP_K, help=f"K of HR@K / NDCG@K (default {DEFAULT_TOP_K})"
+    )
+    p.add_argument("--model", type=Path, default=None, help="model.tar.gz or its directory")
+    p.add_argument("--test", type=Path, default=None, help="directory with *.test.rating + *.test.negative")
+    p.add_argument("--output", type=Path, default=None, help="directory for evaluation.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = args.model or platform.processing_dir(platform.PROCESSING_MODEL)
+    test = args.test or platform.processing_dir(platform.PROCESSING_TEST)
+    output = args.output or platform.processing_dir(platform.PROCESSING_EVALUATION)
+    try:
+        if args.k < 1:
+            raise DataError(f"--k must be at least 1, got {args.k}")
+        result = evaluate(model, test, args.k)
+    except (NcfError, OSError) as exc:
+        reason = f"evaluation failed: {exc}"
+        print(reason, file=sys.stderr, flush=True)
+        try:
+            message = platform.exit_message_file()
+            message.parent.mkdir(parents=True, exist_ok=True)
+            message.write_text(reason[: platform.EXIT_MESSAGE_LIMIT], encoding="utf-8")
+        except OSError as write_error:  # never mask the reason
+            log.error("could not write the exit message: %s", write_error)
+        return 1
+    write_json(output / platform.EVALUATION_REPORT, result)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
