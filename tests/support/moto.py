@@ -8,7 +8,10 @@ are added to the in-process server, in `_extend_moto` (nothing else is changed):
   config's variants and data capture);
 - it overwrites a training job's MetricDefinitions with a canned one, and never fails a job or an endpoint:
   so metric definitions are checked in the CreateTrainingJob request the server received, and a test can
-  ask for a job or endpoint to come up Failed with a given FailureReason (`FAILURES`).
+  ask for a job or endpoint to come up Failed with a given FailureReason (`FAILURES`);
+- ListPipelineExecutionSteps is not implemented and every pipeline execution is Succeeded at once: a test
+  sets the steps an execution of a pipeline lists (`PIPELINE_STEPS`) and, in `FAILURES` under the
+  pipeline's name, the FailureReason its executions end Failed with.
 
 The fixtures (`moto_server`, one a session; `aws`, a reset server and a bucket per test) are in
 tests/aws/conftest.py.
@@ -98,13 +101,15 @@ class MotoServer:
         )
         self.requests.clear()
         FAILURES.clear()
+        PIPELINE_STEPS.clear()
 
     def stop(self) -> None:
         self._server.shutdown()
         self._thread.join(timeout=10)
 
 
-FAILURES: dict[str, str] = {}  # training job or endpoint name -> FailureReason it comes up with
+FAILURES: dict[str, str] = {}  # training job, endpoint or pipeline name -> FailureReason it comes up with
+PIPELINE_STEPS: dict[str, list[dict]] = {}  # pipeline name -> what ListPipelineExecutionSteps answers
 
 
 def _extend_moto() -> None:
@@ -147,7 +152,36 @@ def _extend_moto() -> None:
             endpoint.endpoint_status, endpoint.failure_reason = "Failed", FAILURES[endpoint_name]
         return endpoint
 
+    def list_pipeline_execution_steps(self):
+        arn = self._get_param("PipelineExecutionArn")
+        self.sagemaker_backend.describe_pipeline_execution(arn)  # ValidationException when unknown
+        pipeline = arn.split(":pipeline/", 1)[1].split("/execution/", 1)[0]
+        return ActionResult({"PipelineExecutionSteps": PIPELINE_STEPS.get(pipeline, [])})
+
+    start_execution = SageMakerModelBackend.start_pipeline_execution
+
+    def start_pipeline_execution(self, pipeline_name, *args, **kwargs):
+        started = start_execution(self, pipeline_name, *args, **kwargs)
+        if pipeline_name in FAILURES:
+            execution = self.pipelines[pipeline_name].pipeline_executions[started["PipelineExecutionArn"]]
+            execution.pipeline_execution_status = "Failed"
+            execution.pipeline_execution_failure_reason = FAILURES[pipeline_name]
+        return started
+
+    describe_execution = SageMakerModelBackend.describe_pipeline_execution
+
+    def describe_pipeline_execution(self, arn):
+        desc = describe_execution(self, arn)  # moto always answers FailureReason ""
+        pipeline = arn.split(":pipeline/", 1)[1].split("/execution/", 1)[0]
+        desc["FailureReason"] = (
+            self.pipelines[pipeline].pipeline_executions[arn].pipeline_execution_failure_reason
+        )
+        return desc
+
+    SageMakerModelBackend.describe_pipeline_execution = describe_pipeline_execution
     SageMakerResponse.update_endpoint = update_endpoint
+    SageMakerResponse.list_pipeline_execution_steps = list_pipeline_execution_steps
+    SageMakerModelBackend.start_pipeline_execution = start_pipeline_execution
     SageMakerModelBackend.create_training_job = create_training_job
     SageMakerModelBackend.create_endpoint = create_failing_endpoint
     SageMakerResponse._ncf_extended = True
@@ -182,6 +216,7 @@ class Aws:
         self.s3 = session.client("s3", endpoint_url=server.url)
         self.ecr = session.client("ecr", endpoint_url=server.url)
         self.sm = session.client("sagemaker", endpoint_url=server.url)
+        self.session = session
 
     def run(self, script: str, *args: str, env: dict | None = None, input: str | None = None):
         return run_script(script, *args, env=env or self.env, input=input)

@@ -1,0 +1,203 @@
+"""The one pipeline: Train → Evaluate → CheckQuality → Register, or Fail with the figures that missed.
+
+Built with the SageMaker Python SDK 2.x on our two images; the domain stays in ``ncf_core`` and the
+container contracts in ``ncf_sagemaker`` (the Evaluate step runs the training image's ``evaluate``
+program, whose paths and report names come from there). Parameters: ``ncf_mlops.parameters``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ncf_launch.common import SERVE_INSTANCE_TYPE, TRAIN_INSTANCE_TYPE, load_metric_definitions
+from ncf_sagemaker import evaluation as report
+from ncf_sagemaker import platform
+
+from . import parameters as P
+from .session import no_instance_metadata, offline_session
+
+DEFAULT_NAME = "ncf-pipeline"
+TRAIN_STEP = "Train"
+EVALUATE_STEP = "Evaluate"
+GATE_STEP = "CheckQuality"
+REGISTER_STEP = "Register"
+FAIL_STEP = "QualityGateFailed"
+EVALUATION_PROPERTY_FILE = "EvaluationReport"
+EVALUATE_PROGRAM = "evaluate"  # the console script in the training image (pyproject.toml)
+# What the serving image answers (containers/serve/README.md) and where a registered model may run.
+CONTENT_TYPES = ("application/json", "application/jsonlines", "text/csv")
+INFERENCE_INSTANCE_TYPES = (SERVE_INSTANCE_TYPE, "ml.m5.xlarge", "ml.c5.large", "ml.c5.xlarge")
+TRANSFORM_INSTANCE_TYPES = (TRAIN_INSTANCE_TYPE, "ml.c5.xlarge")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the definition is built from (the launcher resolves each: ``ncf_mlops.cli``)."""
+
+    name: str
+    region: str
+    role_arn: str
+    bucket: str
+    prefix: str  # S3 prefix under the bucket for models and evaluation reports
+    train_image: str
+    serve_image: str
+    data_uri: str  # default of InputDataUri and TestDataUri
+
+    def s3(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", self.prefix.strip("/"), *parts])
+
+
+def _sdk_parameter(p: P.Parameter) -> Any:
+    from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+
+    kind = {str: ParameterString, int: ParameterInteger, float: ParameterFloat}[p.kind]
+    if p.choices:
+        return ParameterString(name=p.name, default_value=p.default, enum_values=list(p.choices))
+    return kind(name=p.name, default_value=p.default)
+
+
+def build(settings: Settings) -> Any:
+    """The ``sagemaker.workflow.pipeline.Pipeline`` (compiling it makes no AWS call)."""
+    from sagemaker.estimator import Estimator
+    from sagemaker.inputs import TrainingInput
+    from sagemaker.model import Model
+    from sagemaker.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
+    from sagemaker.workflow.condition_step import ConditionStep
+    from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
+    from sagemaker.workflow.execution_variables import ExecutionVariables
+    from sagemaker.workflow.fail_step import FailStep
+    from sagemaker.workflow.functions import Join, JsonGet
+    from sagemaker.workflow.model_step import ModelStep
+    from sagemaker.workflow.pipeline import Pipeline
+    from sagemaker.workflow.properties import PropertyFile
+    from sagemaker.workflow.steps import ProcessingStep, TrainingStep
+
+    session = offline_session(settings.region, settings.bucket)
+    declared = P.parameters(settings.data_uri)
+    param = {p.name: _sdk_parameter(p) for p in declared}
+
+    estimator = Estimator(
+        image_uri=settings.train_image,
+        role=settings.role_arn,
+        instance_count=param[P.TRAIN_INSTANCE_COUNT],
+        instance_type=param[P.TRAIN_INSTANCE_TYPE_PARAM],
+        output_path=settings.s3("models"),
+        base_job_name="ncf-train",
+        hyperparameters={p.name: param[p.name] for p in P.hyperparameter_parameters()},
+        metric_definitions=load_metric_definitions(),
+        disable_profiler=True,  # our image has no smdebug: no profiler or debugger hook
+        debugger_hook_config=False,
+        sagemaker_session=session,
+    )
+    train = TrainingStep(
+        name=TRAIN_STEP,
+        step_args=estimator.fit(
+            inputs={
+                platform.TRAIN_CHANNEL: TrainingInput(
+                    s3_data=param[P.INPUT_DATA], distribution="FullyReplicated"
+                )
+            }
+        ),
+    )
+    model_data = train.properties.ModelArtifacts.S3ModelArtifacts
+
+    evaluation_uri = Join(
+        on="/", values=[settings.s3("evaluation"), ExecutionVariables.PIPELINE_EXECUTION_ID]
+    )
+    evaluator = Processor(
+        role=settings.role_arn,
+        image_uri=settings.train_image,
+        instance_count=param[P.EVAL_INSTANCE_COUNT],
+        instance_type=param[P.EVAL_INSTANCE_TYPE],
+        entrypoint=[EVALUATE_PROGRAM],
+        base_job_name="ncf-evaluate",
+        sagemaker_session=session,
+    )
+    evaluation_file = PropertyFile(
+        name=EVALUATION_PROPERTY_FILE,
+        output_name=platform.PROCESSING_EVALUATION,
+        path=platform.EVALUATION_REPORT,
+    )
+    evaluate = ProcessingStep(
+        name=EVALUATE_STEP,
+        step_args=evaluator.run(
+            inputs=[
+                ProcessingInput(
+                    input_name=platform.PROCESSING_MODEL,
+                    source=model_data,
+                    destination=platform.processing_container_path(platform.PROCESSING_MODEL),
+                ),
+                ProcessingInput(
+                    input_name=platform.PROCESSING_TEST,
+                    source=param[P.TEST_DATA],
+                    destination=platform.processing_container_path(platform.PROCESSING_TEST),
+                ),
+            ],
+            outputs=[
+                ProcessingOutput(
+                    output_name=platform.PROCESSING_EVALUATION,
+                    source=platform.processing_container_path(platform.PROCESSING_EVALUATION),
+                    destination=evaluation_uri,
+                )
+            ],
+            arguments=["--k", str(P.GATE_K)],
+        ),
+        property_files=[evaluation_file],
+    )
+
+    hr_name, ndcg_name = (report.metric_name(kind, P.GATE_K) for kind in ("hr", "ndcg"))
+    hr, ndcg = (
+        JsonGet(step_name=EVALUATE_STEP, property_file=evaluation_file, json_path=report.json_path(name))
+        for name in (hr_name, ndcg_name)
+    )
+
+    model = Model(
+        image_uri=settings.serve_image,
+        model_data=model_data,
+        role=settings.role_arn,
+        sagemaker_session=session,
+    )
+    register = ModelStep(
+        name=REGISTER_STEP,
+        step_args=model.register(
+            content_types=list(CONTENT_TYPES),
+            response_types=list(CONTENT_TYPES),
+            inference_instances=list(INFERENCE_INSTANCE_TYPES),
+            transform_instances=list(TRANSFORM_INSTANCE_TYPES),
+            model_package_group_name=param[P.MODEL_PACKAGE_GROUP],
+            approval_status=param[P.APPROVAL_STATUS],
+            model_metrics=ModelMetrics(
+                model_statistics=MetricsSource(
+                    content_type="application/json",
+                    s3_uri=Join(on="/", values=[evaluation_uri, platform.EVALUATION_REPORT]),
+                )
+            ),
+            description=f"NCF recommender; HR@{P.GATE_K} and NDCG@{P.GATE_K} in its model statistics",
+        ),
+    )
+    message = [f"quality gate failed: {hr_name}=", hr, f" (minimum {P.MIN_HR}=", param[P.MIN_HR], "), "]
+    message += [f"{ndcg_name}=", ndcg, f" (minimum {P.MIN_NDCG}=", param[P.MIN_NDCG], ")"]
+    fail = FailStep(name=FAIL_STEP, error_message=Join(on="", values=message))
+    gate = ConditionStep(
+        name=GATE_STEP,
+        conditions=[
+            ConditionGreaterThanOrEqualTo(left=hr, right=param[P.MIN_HR]),
+            ConditionGreaterThanOrEqualTo(left=ndcg, right=param[P.MIN_NDCG]),
+        ],
+        if_steps=[register],
+        else_steps=[fail],
+    )
+    return Pipeline(
+        name=settings.name,
+        parameters=[param[p.name] for p in declared],
+        steps=[train, evaluate, gate],
+        sagemaker_session=session,
+    )
+
+
+def definition(settings: Settings) -> str:
+    """The pipeline's JSON definition, as CreatePipeline takes it (compiled without any network call)."""
+    with no_instance_metadata():
+        return build(settings).definition()
