@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = ("build_and_push", "upload_data", "train", "deploy", "invoke", "cleanup")
+COMMANDS = ("build_and_push", "upload_data", "train", "deploy", "invoke", "cleanup", "registry")
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,8 @@
     scripts/deploy.sh --endpoint ncf --training-job ncf-ml1m \\
         --canary-training-job ncf-ml1m-v2 --canary-weight 0.1                    10 % of traffic to a canary
     scripts/deploy.sh ... --data-capture s3://BUCKET/ncf/capture --capture-percent 20
+    scripts/deploy.sh --endpoint ncf --model-package-group ncf-models            latest Approved version
+    scripts/deploy.sh --endpoint ncf --model-package-group ncf-models --rollback the approved one before
 
 Creates a model per production variant (NAME-primary-TIMESTAMP, NAME-canary-TIMESTAMP) and an endpoint
 config (NAME-TIMESTAMP), then creates the endpoint, or, when it exists and is InService, updates it to the
@@ -13,6 +15,8 @@ new config (SageMaker swaps the fleet without downtime; the previous config and 
 until cleanup.sh). Waits until the endpoint is InService (exit 1 with its FailureReason if it fails).
 --image defaults to ncf-serve:latest in this account's ECR (checked to exist); --role-arn to
 $SAGEMAKER_ROLE_ARN.
+A model package (--model-package-group, --canary-model-package) brings its own image and model data
+(the container names the package); only an Approved version is deployed, on an instance type it lists.
 Multi-model: the container runs with SAGEMAKER_MULTI_MODEL=true, Mode=MultiModel, and ModelDataUrl is the S3
 prefix holding one model.tar.gz per model (invoke.sh --target-model NAME.tar.gz picks one).
 """
@@ -72,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--training-job", metavar="JOB", help="deploy the model of this completed training job"
     )
+    source.add_argument(
+        "--model-package-group", metavar="NAME", help="deploy the group's latest Approved model package"
+    )
+    p.add_argument(
+        "--rollback", action="store_true", help="with --model-package-group: the approved version before it"
+    )
     p.add_argument(
         "--multi-model", action="store_true", help="multi-model endpoint: --model-data is a prefix"
     )
@@ -84,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     canary = p.add_mutually_exclusive_group()
     canary.add_argument("--canary-model-data", metavar="S3_URI", help="second variant: this model")
     canary.add_argument("--canary-training-job", metavar="JOB", help="second variant: this job's model")
+    canary.add_argument("--canary-model-package", metavar="ARN", help="second variant: this Approved version")
     p.add_argument("--canary-weight", type=float, help="share of traffic for the canary, 0 < W < 1")
     p.add_argument("--canary-image", help="image of the canary (default: --image)")
     p.add_argument("--data-capture", metavar="S3_URI", help="capture requests and responses here")
@@ -98,15 +109,26 @@ def parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     check_name(args.endpoint, "--endpoint", MAX_ENDPOINT_NAME)
     check_role_arn(args.role_arn)
-    has_canary = bool(args.canary_model_data or args.canary_training_job)
+    has_canary = bool(args.canary_model_data or args.canary_training_job or args.canary_model_package)
     if has_canary != (args.canary_weight is not None):
-        raise UsageError("a canary needs both --canary-model-data/--canary-training-job and --canary-weight")
-    if args.canary_image and not has_canary:
+        raise UsageError(
+            "a canary needs both --canary-model-data/--canary-training-job/--canary-model-package "
+            "and --canary-weight"
+        )
+    if args.canary_image and not (args.canary_model_data or args.canary_training_job):
         raise UsageError("--canary-image needs a canary (--canary-model-data or --canary-training-job)")
     if has_canary and not 0 < args.canary_weight < 1:
         raise UsageError(f"--canary-weight must lie strictly between 0 and 1, got {args.canary_weight}")
     if args.multi_model and (args.training_job or args.canary_training_job):
         raise UsageError("--multi-model serves an S3 prefix of models: use --model-data s3://BUCKET/PREFIX/")
+    if args.multi_model and (args.model_package_group or args.canary_model_package):
+        raise UsageError("--multi-model serves an S3 prefix of models, not a model package")
+    if args.rollback and not args.model_package_group:
+        raise UsageError(
+            "--rollback needs --model-package-group (it picks the approved version before the latest)"
+        )
+    if args.image and args.model_package_group and not (args.canary_model_data or args.canary_training_job):
+        raise UsageError("--image does not apply to a model package: the package names its own image")
     if args.instance_count < 1:
         raise UsageError(f"--instance-count must be at least 1, got {args.instance_count}")
     if not 0 < args.capture_percent <= 100:
@@ -143,6 +165,41 @@ def check_model_data(aws: Aws, uri: str, multi_model: bool) -> str:
             raise UsageError(f"model data {uri} does not exist") from None
         raise
     return uri
+
+
+def package_to_deploy(sm, group: str, rollback: bool) -> str:
+    """The ARN of the group's latest Approved version, or with ``rollback`` the approved one before it."""
+    from .registry import approved_versions
+
+    approved = approved_versions(sm, group)
+    wanted = 1 if rollback else 0
+    if len(approved) <= wanted:
+        if not approved:
+            raise UsageError(
+                f"model package group {group} has no Approved version: approve one first "
+                "(scripts/registry.sh approve --arn ARN --reason TEXT)"
+            )
+        raise UsageError(
+            f"model package group {group} has one Approved version only: nothing to roll back to"
+        )
+    chosen = approved[wanted]
+    say(f"{group}: version {chosen.get('ModelPackageVersion')} ({chosen['ModelPackageArn']})")
+    return chosen["ModelPackageArn"]
+
+
+def check_package(sm, arn: str, instance_type: str) -> str:
+    """Fail early unless the package is Approved and may run on ``instance_type``."""
+    from .registry import APPROVED, describe_package
+
+    desc = describe_package(sm, arn)
+    if desc.get("ModelApprovalStatus") != APPROVED:
+        raise UsageError(f"model package {arn} is {desc.get('ModelApprovalStatus')}, not {APPROVED}")
+    allowed = desc.get("InferenceSpecification", {}).get("SupportedRealtimeInferenceInstanceTypes") or []
+    if allowed and instance_type not in allowed:
+        raise UsageError(
+            f"model package {arn} does not list --instance-type {instance_type}: one of {', '.join(allowed)}"
+        )
+    return arn
 
 
 def endpoint_status(sm, name: str) -> str | None:
@@ -184,21 +241,36 @@ def main(argv: list[str] | None = None) -> int:
         aws = connect(args.region)
         sm = aws.client("sagemaker")
 
-        image = args.image or default_image(aws, SERVE_REPOSITORY)
-        if args.image:
-            check_ecr_image(aws, image)
-        variants = {"primary": (image, args.model_data or job_model_data(sm, args.training_job))}
-        if args.canary_model_data or args.canary_training_job:
-            canary_image = args.canary_image or image
+        images: list[str] = []
+
+        def image() -> str:  # the serving image, resolved (and checked) once, only when a variant needs it
+            if not images:
+                images.append(args.image or default_image(aws, SERVE_REPOSITORY))
+                if args.image:
+                    check_ecr_image(aws, args.image)
+            return images[0]
+
+        # variant -> its container (without Environment): an image and model data, or a model package
+        variants: dict[str, dict] = {}
+        if args.model_package_group:
+            arn = package_to_deploy(sm, args.model_package_group, args.rollback)
+            variants["primary"] = {"ModelPackageName": check_package(sm, arn, args.instance_type)}
+        else:
+            uri = args.model_data or job_model_data(sm, args.training_job)
+            variants["primary"] = {"Image": image(), "ModelDataUrl": uri}
+        if args.canary_model_package:
+            variants["canary"] = {
+                "ModelPackageName": check_package(sm, args.canary_model_package, args.instance_type)
+            }
+        elif args.canary_model_data or args.canary_training_job:
+            canary_image = args.canary_image or image()
             if args.canary_image:
                 check_ecr_image(aws, canary_image)
-            variants["canary"] = (
-                canary_image,
-                args.canary_model_data or job_model_data(sm, args.canary_training_job),
-            )
-        variants = {
-            k: (img, check_model_data(aws, uri, args.multi_model)) for k, (img, uri) in variants.items()
-        }
+            uri = args.canary_model_data or job_model_data(sm, args.canary_training_job)
+            variants["canary"] = {"Image": canary_image, "ModelDataUrl": uri}
+        for container in variants.values():
+            if "ModelDataUrl" in container:
+                container["ModelDataUrl"] = check_model_data(aws, container["ModelDataUrl"], args.multi_model)
         if args.data_capture:
             check_bucket(aws, parse_s3_uri(args.data_capture)[0])
 
@@ -216,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         suffix = stamp()
         weights = {"primary": 1.0 - (args.canary_weight or 0.0), "canary": args.canary_weight}
         production_variants = []
-        for variant, (variant_image, model_data) in variants.items():
-            container = {"Image": variant_image, "ModelDataUrl": model_data, "Environment": env}
+        for variant, source in variants.items():
+            container = source | {"Environment": env}
             if args.multi_model:
                 container["Mode"] = "MultiModel"
             model_name = f"{args.endpoint}-{variant}-{suffix}"
