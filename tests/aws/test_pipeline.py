@@ -272,3 +272,50 @@ def test_start_refuses_a_missing_pipeline_or_missing_data(aws):
     )
     refused(aws.run("pipeline", "status", env=aws.env), "has no execution yet")
     assert aws.server.calls("StartPipelineExecution") == []
+
+
+def evaluated(value, values: dict[str, str]):
+    """A definition's value with its Get / Std:Join expressions worked out as SageMaker would."""
+    if isinstance(value, dict):
+        if set(value) == {"Get"}:
+            return values[value["Get"]]
+        if set(value) == {"Std:Join"}:
+            join = value["Std:Join"]
+            return join["On"].join(str(evaluated(v, values)) for v in join["Values"])
+        return {k: evaluated(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [evaluated(v, values) for v in value]
+    return value
+
+
+def test_the_register_step_is_a_request_sagemaker_takes_and_the_registry_shows(aws):
+    """The Register step's arguments, as an execution would send them, to moto's CreateModelPackage;
+    then registry.sh lists the version with the figures of the evaluation.json it points at."""
+    from tests.support.moto import run_script
+
+    definition = json.loads("\n".join(ok(run_script("pipeline", "--definition", env=offline_env()))))
+    values = {f"Parameters.{p['Name']}": p["DefaultValue"] for p in definition["Parameters"]}
+    model_data = aws.put("ncf/pipeline/models/pipelines-abc-Train/output/model.tar.gz")
+    values |= {
+        "Steps.Train.ModelArtifacts.S3ModelArtifacts": model_data,
+        "Execution.PipelineExecutionId": "abc",
+    }
+    request = evaluated(steps_by_name(definition)["Register-RegisterModel"]["Arguments"], values)
+    report = {
+        "metrics": {
+            "hr_at_10": {"value": 0.7},
+            "ndcg_at_10": {"value": 0.42},
+            "users_evaluated": {"value": 6040},
+        }
+    }
+    statistics = request["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+    assert statistics == f"s3://{BUCKET}/ncf/pipeline/evaluation/abc/evaluation.json"
+    aws.put(statistics.removeprefix(f"s3://{BUCKET}/"), json.dumps(report).encode())
+    aws.sm.create_model_package_group(ModelPackageGroupName=request["ModelPackageGroupName"])
+    arn = aws.sm.create_model_package(**request)["ModelPackageArn"]
+    package = aws.sm.describe_model_package(ModelPackageName=arn)
+    assert package["ModelApprovalStatus"] == "PendingManualApproval"
+    assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model_data
+    assert ok(aws.run("registry", "list", "--group", "ncf-models")) == [
+        f"1\tPendingManualApproval\thr_at_10=0.7 ndcg_at_10=0.42 users_evaluated=6040\t{arn}"
+    ]
