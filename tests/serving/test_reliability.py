@@ -285,3 +285,36 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_ping_healthy(model_di
         pids = _worker_pids(srv.proc.pid)
         assert len(pids) == 2 and victim not in pids
         assert "model ready before accepting connections" in srv.log() or "replacement worker" in srv.log()
+
+
+STAGGERED_LOAD = """
+import os, time
+from ncf_sagemaker.serving.handler import model_fn as default
+
+
+def model_fn(model_dir):
+    try:  # the first worker here loads at once, every other one 4 s later
+        os.close(os.open(os.path.join(model_dir, "first-loader"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        time.sleep(4)
+    return default(model_dir)
+
+
+def warmup_fn(model):
+    pass
+"""
+
+
+def test_once_one_worker_is_ready_ping_stays_200_while_the_others_load(model_dir, rec, tmp_path):
+    model = copy_model(model_dir, tmp_path / "staggered", STAGGERED_LOAD)
+    with running_server(tmp_path, model, {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}) as srv:
+        statuses, messages = [], set()
+        for _ in range(40):  # over ~2 s, while the second worker sleeps in model_fn
+            resp = srv.request("GET", "/ping")
+            statuses.append(resp.status)
+            messages.add(resp.json()["message"])
+            time.sleep(0.05)
+        assert set(statuses) == {200}, statuses
+        assert any("still loading" in m for m in messages), messages  # some pings reached the loading one
+        seed = {"user": [rec.users.ids[0]] * 20, "item": rec.items.ids[:20]}
+        assert all(srv.invoke(seed).status == 200 for _ in range(6))

@@ -46,7 +46,7 @@ from starlette.types import Receive, Scope, Send
 
 from .. import platform
 from .errors import BadRequest, GatewayTimeout, HttpError, NotFound, PayloadTooLarge, RequestTimeout
-from .handler import LOADING, Context, ServedModel
+from .handler import LOADING, READY, Context, ServedModel
 from .registry import ModelRegistry
 from .settings import BODY_TIMEOUT_ENV, Settings
 
@@ -64,6 +64,7 @@ INTERNAL_ERROR = "internal error; see the server log"
 DRAIN_TIMEOUT_S = 1.0
 ABANDON_GRACE_S = 0.5
 IDLE_GC_S = 30.0
+READY_MARKER = "model-ready"
 
 _CUSTOM_ATTRIBUTES = platform.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 _JSON = b"application/json"
@@ -134,6 +135,16 @@ class ServingApp(Starlette):
         await super().__call__(scope, receive, send)
 
     # ------------------------------------------------------------------ process lifecycle
+    def _peer_ready(self) -> bool:
+        run_dir = self.settings.run_dir
+        return run_dir is not None and (run_dir / READY_MARKER).exists()
+
+    def _mark_ready(self, model: ServedModel) -> None:
+        run_dir = self.settings.run_dir
+        if run_dir is not None and model.state == READY:
+            with contextlib.suppress(OSError):
+                (run_dir / READY_MARKER).touch()
+
     def start(self) -> None:
         """In each worker process (ASGI lifespan startup): threads, then the model or the registry."""
         import torch
@@ -142,6 +153,7 @@ class ServingApp(Starlette):
         self._prefix = f"{os.getpid():x}"
         self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="ncf-serve")
         if self.model is not None:
+            self.model.on_ready = self._mark_ready
             self.model.start_loading()
         if self.registry is not None:
             self.registry.start_follower()
@@ -243,6 +255,10 @@ class ServingApp(Starlette):
     async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = self._request_id(scope)
         status, message = (200, "ready") if self.model is None else self.model.health()
+        if status != 200 and self.model is not None and self.model.state == LOADING and self._peer_ready():
+            # Another worker serves already and this one's invocations wait for its model: the endpoint
+            # is healthy. Saying 503 here would make a load balancer's view flap while workers start.
+            status, message = 200, "ready (this worker is still loading; its invocations wait for it)"
         body = orjson.dumps({"status": "healthy" if status == 200 else "unhealthy", "message": message})
         await send(
             {

@@ -283,6 +283,7 @@ class ServedModel:
         self.handler: Handler | None = None
         self.model: Any = None
         self.load_seconds: float | None = None
+        self.on_ready: Callable[[ServedModel], None] | None = None  # called once the model serves
         self._ready = threading.Event()
 
     # ------------------------------------------------------------------ loading
@@ -309,6 +310,8 @@ class ServedModel:
         self.state = READY
         log.info("model %s ready in %.2f s", self.name or self.model_dir, self.load_seconds)
         self._ready.set()
+        if self.on_ready is not None:
+            self.on_ready(self)
         return True
 
     def start_loading(self) -> threading.Thread:

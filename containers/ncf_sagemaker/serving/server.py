@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         state = tempfile.mkdtemp(prefix="ncf-mme-")
         os.environ[settings_module.MME_STATE_DIR_ENV] = state
         atexit.register(shutil.rmtree, state, ignore_errors=True)
-        settings = settings_module.Settings.from_env()
+    if settings.run_dir is None:
+        run_dir = tempfile.mkdtemp(prefix="ncf-serve-run-")
+        os.environ[settings_module.RUN_DIR_ENV] = run_dir
+        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
+    settings = settings_module.Settings.from_env()
     ServeApplication(settings).run()
     return 0
 

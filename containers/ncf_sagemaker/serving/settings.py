@@ -26,6 +26,9 @@ INLINE_PAIRS_ENV = "NCF_INLINE_PAIRS"
 HEADER_TIMEOUT_ENV = "NCF_HEADER_TIMEOUT_S"
 BODY_TIMEOUT_ENV = "NCF_BODY_TIMEOUT_S"
 MAX_CONNECTIONS_ENV = "NCF_MAX_CONNECTIONS"
+# A directory the master and its workers share (``serve`` makes one): a worker whose model is ready leaves
+# a marker there, so a worker still loading can tell that the endpoint is already healthy.
+RUN_DIR_ENV = "NCF_RUN_DIR"
 # Above this many scored pairs (~0.3 ms of numpy work on ML-1M NeuMF-32) a request goes to the thread
 # pool: numpy releases the GIL in its matmuls, so a one-worker server then scores on every core, and
 # /ping never waits behind it. The seed payload (100 pairs) stays on the event loop.
@@ -117,6 +120,7 @@ class Settings:
     header_timeout_s: int = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: int = DEFAULT_BODY_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    run_dir: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -150,4 +154,5 @@ class Settings:
             header_timeout_s=_int(env, HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT_S),
             body_timeout_s=_int(env, BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S),
             max_connections=_int(env, MAX_CONNECTIONS_ENV, DEFAULT_MAX_CONNECTIONS),
+            run_dir=Path(env[RUN_DIR_ENV]) if env.get(RUN_DIR_ENV, "").strip() else None,
         )
