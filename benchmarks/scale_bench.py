@@ -135,10 +135,10 @@ def generate(path: Path, pairs: int, seed: int = 0) -> dict[str, Any]:
 def measure(csv: Path, max_steps: int | None, workdir: Path) -> dict[str, Any]:
     import torch
 
-    from ncf_core import artifact
     from ncf_core import data as ncf_data
     from ncf_core.evaluation import evaluate
     from ncf_core.inference import Recommender
+    from ncf_core.pipeline import save_artifact
     from ncf_core.training import TrainConfig, Trainer
 
     out: dict[str, Any] = {}
@@ -180,14 +180,7 @@ def measure(csv: Path, max_steps: int | None, workdir: Path) -> dict[str, Any]:
     out["checkpoint_s"] = round(time.perf_counter() - t, 2)
     out["checkpoint_mb"] = round(path.stat().st_size / 2**20, 1) if path else None
     model_dir = Path(tempfile.mkdtemp(dir=workdir, prefix="model-"))
-    artifact.save(
-        model_dir,
-        trainer.model,
-        user_ids=data.user_ids,
-        item_ids=data.item_ids,
-        history=data.history_csr(),
-        item_popularity=data.item_popularity(),
-    )
+    save_artifact(model_dir, trainer.model, data)
     del trainer, data
     t = time.perf_counter()
     rec = Recommender.load(model_dir)

@@ -76,9 +76,22 @@ def train_to_artifact(
         "history": result.history,
         **(extra_training_info or {}),
     }
-    artifact.save(
+    save_artifact(model_dir, result.model, data, metrics=metrics, training=training)
+    return result
+
+
+def save_artifact(
+    model_dir: str | Path,
+    model: NCF,
+    data: ncf_data.Interactions,
+    *,
+    metrics: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """The artifact of ``model`` trained on ``data``: its id maps, history and popularity come from there."""
+    return artifact.save(
         model_dir,
-        result.model,
+        model,
         user_ids=data.user_ids,
         item_ids=data.item_ids,
         history=data.history_csr(),
@@ -86,7 +99,6 @@ def train_to_artifact(
         metrics=metrics,
         training=training,
     )
-    return result
 
 
 def evaluate_artifact(
