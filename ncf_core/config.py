@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .models import ModelConfig
 
 MODEL_TYPES: tuple[str, ...] = ("gmf", "mlp", "neumf")
+EMBEDDING_UPDATES: tuple[str, ...] = ("auto", "dense", "lazy")
 DEFAULT_TOP_K = 10  # K of HR@K / NDCG@K, and the default length of a recommendation list
 NUM_EVAL_NEGATIVES = 99  # negatives each held-out item is ranked against (He et al. 2017)
 PLATFORM_HP_PREFIX = "sagemaker_"  # hyperparameters starting with it belong to the SageMaker platform
@@ -102,6 +103,15 @@ class TrainConfig:
         default=0.1,
         metadata=spec("the learning rate falls linearly to `lr × lr_decay` by the last step (1 = constant)"),
     )
+    embedding_updates: str = field(
+        default="auto",
+        metadata=spec(
+            "`dense`: Adam moves every embedding row each step; `lazy`: only the rows the step used (cost "
+            "per sample independent of the catalogue); `auto`: lazy when the tables have more rows than a "
+            "batch has samples (one process)",
+            choices=EMBEDDING_UPDATES,
+        ),
+    )
     patience: int = field(
         default=0, metadata=spec("stop after this many epochs without validation gain (0 = never)")
     )
@@ -134,6 +144,11 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
             (0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}"),
             (self.patience >= 0, f"patience must be ≥ 0, got {self.patience}"),
+            (
+                self.embedding_updates in EMBEDDING_UPDATES,
+                f"embedding_updates must be one of {', '.join(EMBEDDING_UPDATES)}, "
+                f"got {self.embedding_updates!r}",
+            ),
             (
                 self.pretrain_alpha is None or 0.0 <= self.pretrain_alpha <= 1.0,
                 f"pretrain_alpha must be in [0, 1] (or auto), got {self.pretrain_alpha}",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from .config import DEFAULT_TOP_K
 from .data import EvalSplit
@@ -57,9 +58,14 @@ def hit_and_ndcg(ranks: torch.Tensor, k: int) -> tuple[float, float]:
 
 @torch.inference_mode()
 def score_candidates(
-    model: NCF, users: torch.Tensor, candidates: torch.Tensor, chunk_users: int = 2048
+    model: NCF, users: torch.Tensor, candidates: torch.Tensor, chunk_users: int = 128
 ) -> torch.Tensor:
-    """Scores ``(n, c)`` for each user against its own candidate row; item/user sides projected once."""
+    """Scores ``(n, c)`` for each user against its own candidate row; item/user sides projected once.
+
+    Small chunks keep each chunk's activations (128 users × 100 candidates × 128 floats: 6.5 MB) in cache;
+    2,048 users a chunk was ~20% slower at ML-20M's size. Rows are gathered with ``embedding``, which is
+    several times faster than advanced indexing for this.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -69,8 +75,8 @@ def score_candidates(
         for start in range(0, users.shape[0], chunk_users):
             u = users[start : start + chunk_users]
             c = candidates[start : start + chunk_users]
-            us = tuple(None if t is None else t[u].unsqueeze(1) for t in user_side)
-            its = tuple(None if t is None else t[c] for t in item_side)
+            us = tuple(None if t is None else F.embedding(u, t).unsqueeze(1) for t in user_side)
+            its = tuple(None if t is None else F.embedding(c, t) for t in item_side)
             out[start : start + chunk_users] = model.head(us, its).float()
         return out
     finally:

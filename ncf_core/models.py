@@ -103,55 +103,80 @@ class NCF(nn.Module):
         nn.init.zeros_(self.predict_layer.bias)
 
     # ------------------------------------------------------------------ sides and head
-    def _side(
-        self, idx: torch.Tensor | None, gmf: nn.Embedding | None, mlp: nn.Embedding | None, which: int
+    def embeddings(self, which: int) -> tuple[nn.Embedding | None, nn.Embedding | None]:
+        """The (GMF, MLP) embedding tables of the user side (0) or the item side (1); None where unused."""
+        names = ("embed_user_gmf", "embed_user_mlp") if which == 0 else ("embed_item_gmf", "embed_item_mlp")
+        return getattr(self, names[0], None), getattr(self, names[1], None)
+
+    def side_from_rows(
+        self,
+        gmf_rows: torch.Tensor | None,
+        mlp_rows: torch.Tensor | None,
+        index: torch.Tensor | None,
+        which: int,
     ) -> Side:
-        g = None
-        p = None
-        if gmf is not None:
-            g = gmf.weight if idx is None else F.embedding(idx, gmf.weight)
-        if mlp is not None:
+        """A side from embedding rows and, per sample, the row it uses (None: one sample per row).
+
+        The first MLP layer is applied to the rows, so an entity that occurs many times in a batch is
+        projected once; the trainer passes the rows of a batch's distinct ids (their gradient is then
+        all a row-sparse optimiser needs).
+        """
+        g = p = None
+        if gmf_rows is not None:
+            g = gmf_rows if index is None else gmf_rows[index]
+        if mlp_rows is not None:
             first = self.mlp_layers[0]
             dim = self.config.mlp_embedding_dim
             w = first.weight[:, :dim] if which == 0 else first.weight[:, dim:]
-            bias = first.bias if which == 1 else None
-            if idx is None:
-                p = F.linear(mlp.weight, w, bias)
-            elif idx.numel() > mlp.num_embeddings:
-                p = F.embedding(idx, F.linear(mlp.weight, w, bias))  # project the table, then gather
-            else:
-                p = F.linear(F.embedding(idx, mlp.weight), w, bias)  # gather, then project
+            p = F.linear(mlp_rows, w, first.bias if which == 1 else None)
+            if index is not None:
+                p = p[index]
         return g, p
+
+    def _side(self, idx: torch.Tensor | None, which: int) -> Side:
+        gmf, mlp = self.embeddings(which)
+        tables = [None if e is None else e.weight for e in (gmf, mlp)]
+        if idx is None:
+            return self.side_from_rows(*tables, None, which)
+        if mlp is None or idx.numel() > mlp.num_embeddings:  # nothing to project, or the whole table
+            return self.side_from_rows(*tables, idx, which)
+        # Project the rows of the distinct ids only: ids repeat (a positive and its negatives share a user).
+        distinct, index = torch.unique(idx, return_inverse=True)
+        rows = [None if t is None else F.embedding(distinct, t) for t in tables]
+        return self.side_from_rows(*rows, index, which)
 
     def user_side(self, users: torch.Tensor | None = None) -> Side:
         """User half of the network for ``users`` (all users if None)."""
-        return self._side(
-            users, getattr(self, "embed_user_gmf", None), getattr(self, "embed_user_mlp", None), 0
-        )
+        return self._side(users, 0)
 
     def item_side(self, items: torch.Tensor | None = None) -> Side:
         """Item half (first-layer bias included) for ``items`` (all items if None)."""
-        return self._side(
-            items, getattr(self, "embed_item_gmf", None), getattr(self, "embed_item_mlp", None), 1
-        )
+        return self._side(items, 1)
 
     def head(self, user: Side, item: Side) -> torch.Tensor:
-        """Logits from a user side and an item side; broadcasts (one user against many items)."""
-        parts = []
-        if self.config.uses_gmf:
-            parts.append(user[0] * item[0])
-        if self.config.uses_mlp:
-            h = F.relu(user[1] + item[1])
+        """Logits from a user side and an item side; broadcasts (one user against many items).
+
+        The output layer is applied to the GMF and MLP parts apart (its weight split, no concatenation)
+        and the ReLUs work in place: evaluation scores millions of pairs through here, and at ML-20M's
+        13.8M test pairs the concatenation and the fresh ReLU outputs were a fifth of the time.
+        """
+        c = self.config
+        weight, bias = self.predict_layer.weight, self.predict_layer.bias
+        logits = None
+        if c.uses_gmf:
+            logits = F.linear(user[0] * item[0], weight[:, : c.factor], bias)
+        if c.uses_mlp:
+            h = F.relu(user[1] + item[1], inplace=True)
             for layer in self.mlp_layers[1:]:
-                if self.training and self.config.dropout > 0:
-                    h = F.dropout(h, self.config.dropout, training=True)
-                h = F.relu(layer(h))
-            if self.training and self.config.dropout > 0:
-                h = F.dropout(h, self.config.dropout, training=True)
-            parts.append(h)
-        # Each part already mixes user and item, so both broadcast to the same leading shape.
-        x = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
-        return self.predict_layer(x).squeeze(-1)
+                if self.training and c.dropout > 0:
+                    h = F.dropout(h, c.dropout, training=True)
+                h = F.relu(layer(h), inplace=True)
+            if self.training and c.dropout > 0:
+                h = F.dropout(h, c.dropout, training=True)
+            mlp = F.linear(h, weight[:, -c.factor :], None if logits is not None else bias)
+            logits = mlp if logits is None else logits + mlp
+        assert logits is not None
+        return logits.squeeze(-1)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.head(self.user_side(users), self.item_side(items))

@@ -29,6 +29,7 @@ from .config import TrainConfig  # declared with the other settings; imported fr
 from .data import Interactions
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation import Metrics, evaluate
+from .lazy_adam import LazyAdam
 from .models import NCF
 from .runtime import tune_allocator
 from .sampling import PositiveSet, sample_negatives
@@ -151,18 +152,20 @@ class Trainer:
         # A pre-trained start is itself a candidate for the kept model: fine-tuning can only be kept if it
         # beats the start on validation (on ML-1M the plain GMF+MLP combination is already strong).
         self.starts_pretrained = initial_model is not None
+        lazy = self._lazy_embeddings()  # refused under DDP before a process group is touched
         self.net: torch.nn.Module = self.model
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        # Fused Adam: one pass over each tensor instead of ~10. Adam updates every embedding row on every
-        # step (dense gradients), so at ML-20M's 165k users and items the unfused update was 45% of a
-        # step (296 ms of 685 ms for 26.5M parameters; fused: ~46 ms), and the cost per sample grew with
-        # the catalogue.
+        # Embedding tables are updated lazily (only the rows a step used) or densely, by Adam either way.
+        self.lazy = self._lazy_adam() if lazy else None
+        lazy_tables = {id(t) for t in self.lazy.tables} if self.lazy is not None else set()
+        # Fused Adam: one pass over each tensor instead of ~10 (dense embedding updates at ML-20M's 165k
+        # users and items: 296 ms of a 685 ms step unfused, ~46 ms fused).
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if id(p) not in lazy_tables],
             lr=config.lr,
             weight_decay=config.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
@@ -210,24 +213,79 @@ class Trainer:
             suggested,
         )
 
+    def _lazy_embeddings(self) -> bool:
+        """``embedding_updates``: ``auto`` is lazy when a step touches a small part of the tables (ML-20M:
+        165k rows, 32k samples a step), dense otherwise (ML-1M: 9.7k rows, nearly all touched each step)."""
+        mode = self.config.embedding_updates
+        if self.dist.world_size > 1:
+            if mode == "lazy":
+                raise ConfigError("embedding_updates=lazy needs one process; use dense (or auto) with DDP")
+            return False
+        if mode == "auto":
+            return self.data.num_users + self.data.num_items > self.config.batch_size
+        return mode == "lazy"
+
+    def _lazy_adam(self) -> LazyAdam:
+        tables = [e.weight for which in (0, 1) for e in self.model.embeddings(which) if e is not None]
+        return LazyAdam(tables, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
     # ------------------------------------------------------------------ epoch data
-    def epoch_tensors(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Positives + freshly sampled negatives for ``epoch``, and the shuffled order."""
+    def positives_per_step(self) -> int:
+        """Each step trains on this many positives, each followed by ``num_neg`` negatives of its user."""
+        return max(1, math.ceil(self.config.batch_size / (1 + self.config.num_neg)))
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.users.shape[0] / self.positives_per_step())
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The order in which ``epoch`` visits this rank's positives."""
         gen = torch.Generator(device=self.device).manual_seed(
             _epoch_seed(self.config.seed, epoch, self.dist.rank)
         )
-        neg_users = self.users.repeat(self.config.num_neg)
-        neg_items = sample_negatives(neg_users, self.positives, gen)
-        users = torch.cat([self.users, neg_users])
-        items = torch.cat([self.items, neg_items])
-        labels = torch.zeros(users.shape[0], device=self.device)
-        labels[: self.users.shape[0]] = 1.0
-        order = torch.randperm(users.shape[0], generator=gen, device=self.device)
-        return users, items, labels, order
+        return torch.randperm(self.users.shape[0], generator=gen, device=self.device)
 
-    def steps_per_epoch(self) -> int:
-        n = self.users.shape[0] * (1 + self.config.num_neg)
-        return math.ceil(n / self.config.batch_size)
+    def step_batch(
+        self, epoch: int, step: int, order: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Users, items and labels of one step: its positives, then ``num_neg`` fresh negatives for each.
+
+        Negatives are drawn for the step alone, from a generator seeded by (seed, epoch, rank, step): no
+        epoch of samples is ever held (ML-20M: 100M of them, 2.8 GB as tensors), a resumed run draws exactly
+        what the uninterrupted one did, and a positive's negatives share its user, whose side of the
+        network is then computed once for all of them.
+        """
+        per = self.positives_per_step()
+        pos = order[step * per : (step + 1) * per]
+        pos_users, pos_items = self.users[pos], self.items[pos]
+        gen = torch.Generator(device=self.device).manual_seed(
+            _epoch_seed(self.config.seed, epoch, self.dist.rank) ^ (step * 0x9E3779B1 + 1)
+        )
+        neg_users = pos_users.repeat(self.config.num_neg)
+        neg_items = sample_negatives(neg_users, self.positives, gen)
+        labels = torch.zeros(pos.shape[0] * (1 + self.config.num_neg), device=self.device)
+        labels[: pos.shape[0]] = 1.0
+        return torch.cat([pos_users, neg_users]), torch.cat([pos_items, neg_items]), labels
+
+    def _forward(
+        self, users: torch.Tensor, items: torch.Tensor
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Logits, and for lazy updates the (distinct ids, gathered rows) of each embedding table."""
+        if self.lazy is None:
+            return self.net(users, items), []
+        used: list[tuple[torch.Tensor, torch.Tensor]] = []
+        sides = []
+        for which, ids in ((0, users), (1, items)):
+            distinct, index = torch.unique(ids, return_inverse=True)
+            rows: list[torch.Tensor | None] = []
+            for table in self.model.embeddings(which):
+                if table is None:
+                    rows.append(None)
+                    continue
+                leaf = self.lazy.gather(len(used), distinct)
+                used.append((distinct, leaf))
+                rows.append(leaf)
+            sides.append(self.model.side_from_rows(rows[0], rows[1], index, which))
+        return self.model.head(sides[0], sides[1]), used
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainResult:
@@ -265,6 +323,8 @@ class Trainer:
         lr = cfg.lr * (1.0 - (1.0 - cfg.lr_decay) * min(progress, 1.0))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.lazy is not None:
+            self.lazy.lr = lr
 
     def _any_rank(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any (ranks must agree on when to stop)."""
@@ -283,26 +343,28 @@ class Trainer:
         """Run the remaining steps of ``epoch``; False if a stop was requested (checkpoint saved)."""
         cfg = self.config
         t0 = time.perf_counter()
-        users, items, labels, order = self.epoch_tensors(epoch)
+        order = self.epoch_order(epoch)
         if self.step_in_epoch == 0:
             torch.manual_seed(_epoch_seed(cfg.seed, epoch, self.dist.rank) ^ 0x5EED)  # dropout stream
             self.epoch_loss_sum, self.epoch_samples, self.epoch_train_s = 0.0, 0, 0.0
         self.net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         steps = self.steps_per_epoch()
-        total = min(len(order), steps * cfg.batch_size)
+        total = len(order) * (1 + cfg.num_neg)
         started_at, started_with = time.perf_counter(), self.epoch_samples
         next_progress = started_at + self.progress_interval_s
         for step in range(self.step_in_epoch, steps):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            users, items, labels = self.step_batch(epoch, step, order)
             self._set_lr(epoch, step, steps)
-            logits = self.net(users[idx], items[idx])
-            loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
+            logits, used_rows = self._forward(users, items)
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            loss_sum += loss.detach().double() * idx.shape[0]
-            self.epoch_samples += int(idx.shape[0])
+            if self.lazy is not None:
+                self.lazy.step(used_rows)
+            loss_sum += loss.detach().double() * labels.shape[0]
+            self.epoch_samples += int(labels.shape[0])
             self.step_in_epoch = step + 1
             if self.dist.is_main and time.perf_counter() >= next_progress and self.step_in_epoch < steps:
                 now = time.perf_counter()
@@ -389,6 +451,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "embedding_optimizer": None if self.lazy is None else self.lazy.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
@@ -462,6 +525,13 @@ class Trainer:
                 )
             if state.get("data") != self._data_fingerprint():
                 raise ConfigError(f"checkpoint {path} was written for different training data")
+            if (state.get("embedding_optimizer") is None) != (self.lazy is None):
+                written, now = ("dense", "lazy") if self.lazy is not None else ("lazy", "dense")
+                raise ConfigError(
+                    f"checkpoint {path} was written with {written} embedding updates and this run makes "
+                    f"{now} ones (embedding_updates=auto decides by the number of processes); set "
+                    f"embedding_updates={written} to resume it"
+                )
             log.info("resuming from %s", path)
             return state
         return None
@@ -469,6 +539,8 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.lazy is not None:
+            self.lazy.load_state_dict(state["embedding_optimizer"])
         if self.dist.is_main:  # other ranks keep their own dropout stream
             torch.set_rng_state(state["torch_rng"].cpu())
             if state["cuda_rng"] and torch.cuda.is_available():

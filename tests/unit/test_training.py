@@ -13,7 +13,7 @@ import torch
 from ncf_core.data import EvalSplit
 from ncf_core.errors import CheckpointError, ConfigError, DataError
 from ncf_core.evaluation import evaluate, evaluate_scores
-from ncf_core.training import TrainConfig, Trainer, list_checkpoints, train
+from ncf_core.training import Distributed, TrainConfig, Trainer, list_checkpoints, train
 from tests.support.synthetic import SMALL_DATA
 
 FAST = TrainConfig(
@@ -26,9 +26,10 @@ def popularity_hr(data, k: int = 10) -> float:
     return evaluate_scores(pop[data.test.items], pop[data.test.negatives], k).hr
 
 
+@pytest.mark.parametrize("updates", ["dense", "lazy"])
 @pytest.mark.parametrize("model", ["gmf", "mlp", "neumf"])
-def test_every_variant_learns_the_planted_structure(planted, model):
-    result = train(planted, replace(FAST, model=model, epochs=8))
+def test_every_variant_learns_the_planted_structure(planted, model, updates):
+    result = train(planted, replace(FAST, model=model, epochs=8, embedding_updates=updates))
     random_hr = 10 / 100
     assert result.test.hr > 0.6, result.history
     assert result.test.hr > popularity_hr(planted) + 0.3
@@ -74,19 +75,48 @@ def test_a_batch_too_large_for_the_data_is_warned_about(planted, caplog):
     assert "too few to learn much; use a smaller batch_size (e.g. 256)" in record.getMessage()
 
 
-def test_epoch_negatives_are_never_training_positives(planted):
+def epoch_samples(trainer: Trainer, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    order = trainer.epoch_order(epoch)
+    batches = [trainer.step_batch(epoch, step, order) for step in range(trainer.steps_per_epoch())]
+    return tuple(torch.cat(parts) for parts in zip(*batches, strict=True))
+
+
+def test_an_epoch_visits_each_positive_once_with_fresh_negatives_of_its_user(planted):
     trainer = Trainer(planted, FAST)
     positives = set(zip(planted.train_users.tolist(), planted.train_items.tolist(), strict=True))
+    per = trainer.positives_per_step()
     for epoch in (1, 2):
-        users, items, labels, order = trainer.epoch_tensors(epoch)
-        assert sorted(order.tolist()) == list(range(len(users)))
-        neg = labels == 0
-        assert int(neg.sum()) == FAST.num_neg * len(planted.train_users)
-        pairs = zip(users[neg].tolist(), items[neg].tolist(), strict=True)
+        users, items, labels = epoch_samples(trainer, epoch)
+        pos = labels == 1
+        assert sorted(zip(users[pos].tolist(), items[pos].tolist(), strict=True)) == sorted(positives)
+        assert int((~pos).sum()) == FAST.num_neg * len(planted.train_users)
+        pairs = zip(users[~pos].tolist(), items[~pos].tolist(), strict=True)
         assert not any(p in positives for p in pairs)
-    a = trainer.epoch_tensors(1)[1]
-    b = trainer.epoch_tensors(2)[1]
+        # Within a step, each positive is followed by num_neg negatives of the same user.
+        step_users, _, step_labels = trainer.step_batch(epoch, 0, trainer.epoch_order(epoch))
+        assert int(step_labels.sum()) == per
+        assert torch.equal(step_users[per:], step_users[:per].repeat(FAST.num_neg))
+    a = epoch_samples(trainer, 1)[1]
+    b = epoch_samples(trainer, 2)[1]
     assert not torch.equal(a, b)  # re-sampled every epoch
+
+
+def test_auto_embedding_updates_are_lazy_when_the_tables_outnumber_a_batch(planted):
+    rows = planted.num_users + planted.num_items
+    assert Trainer(planted, replace(FAST, batch_size=rows + 1)).lazy is None
+    lazy = Trainer(planted, replace(FAST, batch_size=rows - 1)).lazy
+    assert lazy is not None and len(lazy.tables) == 4  # NeuMF: GMF and MLP tables of both sides
+    assert len(Trainer(planted, replace(FAST, model="gmf", embedding_updates="lazy")).lazy.tables) == 2
+    # Data-parallel training keeps dense updates (DDP all-reduces dense gradients only).
+    with pytest.raises(ConfigError, match="embedding_updates=lazy needs one process"):
+        Trainer(planted, replace(FAST, embedding_updates="lazy"), dist=Distributed(rank=0, world_size=2))
+
+
+def test_a_checkpoint_of_the_other_embedding_updates_is_refused(planted, tmp_path: Path, monkeypatch):
+    Trainer(planted, FAST, checkpoint_dir=tmp_path).save_checkpoint()  # auto: dense on this data
+    monkeypatch.setattr(Trainer, "_lazy_embeddings", lambda self: True)  # as auto does with one process fewer
+    with pytest.raises(ConfigError, match=r"written with dense embedding updates .* embedding_updates=dense"):
+        Trainer(planted, FAST, checkpoint_dir=tmp_path).resume()
 
 
 def test_same_seed_same_model(planted):
@@ -101,13 +131,15 @@ def strip_timing(history):
 
 
 @pytest.mark.parametrize(
-    ("stop_after_calls", "pretrained"),
-    [(3, False), (30, False), (3, True)],  # mid-epoch 1, mid-epoch 2; from a pre-trained start (epoch 0)
+    ("stop_after_calls", "pretrained", "updates"),
+    # mid-epoch 1, mid-epoch 2 (dense and lazy embedding updates); from a pre-trained start (epoch 0)
+    [(3, False, "dense"), (30, False, "dense"), (30, False, "lazy"), (3, True, "dense")],
 )
 def test_interrupted_run_resumes_to_the_same_result(
-    planted, tmp_path: Path, stop_after_calls: int, pretrained: bool
+    planted, tmp_path: Path, stop_after_calls: int, pretrained: bool, updates: str
 ):
-    cfg = replace(FAST, epochs=3, dropout=0.2, lr_decay=0.1)  # dropout RNG and lr schedule must resume
+    # The dropout RNG, the lr schedule and the lazy optimiser's moments must all resume.
+    cfg = replace(FAST, epochs=3, dropout=0.2, lr_decay=0.1, embedding_updates=updates)
     start = train(planted, replace(FAST, epochs=1, lr=0.003)).model if pretrained else None
 
     def run(**kwargs):  # every run starts from its own copy of the same pre-trained weights
