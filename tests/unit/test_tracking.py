@@ -217,3 +217,23 @@ def test_no_tracking_uri_means_no_run(monkeypatch):
     run.end()
     monkeypatch.setenv(platform.MLFLOW_TRACKING_URI_ENV, " ")  # the pipeline's default when none is given
     assert not tracking.start_training({}).active
+
+
+def test_a_tracking_server_arn_goes_through_the_sagemaker_plugin(monkeypatch, caplog):
+    """No such server (and, offline, no network): the plugin's signed request fails, one WARNING."""
+    require_mlflow()
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/ncf-test"
+    monkeypatch.setenv(platform.MLFLOW_TRACKING_URI_ENV, arn)
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with caplog.at_level(logging.WARNING, logger="ncf_sagemaker.tracking"):
+        run = tracking.start_training({"epochs": 1})
+    assert not run.active
+    (record,) = [r for r in caplog.records if r.name == "ncf_sagemaker.tracking"]
+    assert WARNING in record.getMessage() and arn in record.getMessage()
+    assert "experiments.sagemaker.aws" in record.getMessage()  # the plugin's endpoint, not a plain URL
