@@ -31,6 +31,8 @@ EXECUTION_ARN = "arn:aws:sagemaker:eu-west-1:123456789012:pipeline/ncf-pipeline/
 HPS = {"epochs": "3", "batch_size": "512", "factor": "8", "num_layers": "2", "num_neg": "4", "lr_decay": "1"}
 WARNING = "experiment tracking off"
 
+pytestmark = pytest.mark.mlflow
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[MlflowServer]:
@@ -195,6 +197,7 @@ class BrokenClient:
 
 
 def test_a_server_failing_mid_run_is_one_warning_then_nothing(caplog):
+    require_mlflow()  # the run's calls build mlflow entities
     broken = BrokenClient()
     run = tracking.Run(broken, "run-1", "https://user:secret@mlflow.example.com")
     with caplog.at_level(logging.WARNING, logger="ncf_sagemaker.tracking"):
