@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[train,serve,dev,mlops]'
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[train,serve,tracking,dev,mlops]'
 exec "$PYTHON" -m pytest -q "$@"

@@ -8,7 +8,7 @@
 #   scripts/wheelhouse.sh            download (idempotent: wheels already there are not fetched again)
 #   scripts/wheelhouse.sh --verify   then pip-install it into ncf-python:bookworm's /opt/venv and import
 #
-# The pins are read from pyproject.toml: dependencies + extras train and serve + build-system.requires
+# The pins are read from pyproject.toml: dependencies + extras train, tracking and serve + build-system.requires
 # (so `pip install --no-index --find-links /wheelhouse .` can build the project in the image).
 # Start from scratch: rm -rf wheelhouse
 set -euo pipefail
@@ -25,7 +25,8 @@ import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     p = tomllib.load(f)
 extras = p["project"]["optional-dependencies"]
-print("\n".join(p["project"]["dependencies"] + extras["train"] + extras["serve"] + p["build-system"]["requires"]))
+images = extras["train"] + extras["tracking"] + extras["serve"]
+print("\n".join(p["project"]["dependencies"] + images + p["build-system"]["requires"]))
 EOF
 
 # pip does not widen manylinux_2_X platform tags by itself: list every glibc the image can run.
@@ -64,6 +65,6 @@ if [[ ${1:-} == --verify ]]; then
     # Same install an image build does, in a throwaway container, then import what train/serve use.
     docker run --rm -v "$OUT:/wheelhouse:ro" ncf-python:bookworm sh -c '
         pip install -q --no-index --find-links /wheelhouse -r /wheelhouse/requirements.txt &&
-        python -c "import sys, torch, numpy, pandas, pyarrow, starlette, gunicorn, orjson
+        python -c "import sys, torch, numpy, pandas, pyarrow, starlette, gunicorn, orjson, mlflow, sagemaker_mlflow
 print(sys.version.split()[0], \"torch\", torch.__version__, \"numpy\", numpy.__version__, \"pandas\", pandas.__version__)"'
 fi

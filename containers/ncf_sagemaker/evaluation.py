@@ -4,7 +4,8 @@ Reads the trained ``model.tar.gz`` (``/opt/ml/processing/model``) and NCF test f
 ``*.test.negative`` in ``/opt/ml/processing/test``), computes HR@K and NDCG@K with ``ncf_core`` and writes
 ``/opt/ml/processing/evaluation/evaluation.json`` in the shape SageMaker's model metrics take (the
 pipeline's quality gate reads it with ``JsonGet``; the model package links it as its model statistics),
-and prints the same JSON on stdout. A failure (no test users, ids the model does not know, a broken
+and prints the same JSON on stdout (and logs it to MLflow when ``MLFLOW_TRACKING_URI`` is set:
+``ncf_sagemaker.tracking``). A failure (no test users, ids the model does not know, a broken
 archive) exits 1 with the reason on stderr and in ``/opt/ml/output/message`` (the job's ExitMessage).
 """
 
@@ -22,7 +23,7 @@ from ncf_core.config import DEFAULT_TOP_K
 from ncf_core.errors import DataError, NcfError
 from ncf_core.jsonio import write_json
 
-from . import platform
+from . import platform, tracking
 from .archives import extract_tar
 
 if TYPE_CHECKING:
@@ -127,7 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_json(output / platform.EVALUATION_REPORT, result)
     print(json.dumps(result), flush=True)
+    track(result, output / platform.EVALUATION_REPORT)
     return 0
+
+
+def track(result: dict[str, Any], report_file: Path) -> None:
+    """The figures and the report as an MLflow run, when tracking is configured (never fails the step)."""
+    run = tracking.start_evaluation()
+    run.log_metrics({name: entry["value"] for name, entry in result[REPORT_SECTION].items()})
+    run.log_file(report_file, tracking.REPORTS_PATH)
+    run.end(tracking.FINISHED)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,19 @@ MODEL_SERVER_TIMEOUT_ENV = "SAGEMAKER_MODEL_SERVER_TIMEOUT"
 MAX_PAYLOAD_IN_MB_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 DEFAULT_MAX_PAYLOAD_IN_MB = 6
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+TRAINING_JOB_NAME_ENV = "TRAINING_JOB_NAME"  # SageMaker sets both in a training container
+TRAINING_JOB_ARN_ENV = "TRAINING_JOB_ARN"
+
+# ------------------------------------------------------------------ experiment tracking (MLflow)
+# MLflow's own variables: a server URL or a SageMaker managed MLflow tracking server ARN (the
+# sagemaker-mlflow plugin), and the experiment (ours by default).
+MLFLOW_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+MLFLOW_EXPERIMENT_NAME_ENV = "MLFLOW_EXPERIMENT_NAME"
+DEFAULT_MLFLOW_EXPERIMENT = "ncf"
+# Ours, set by the pipeline (mlops/ncf_mlops) on its Train and Evaluate steps: the execution the runs are
+# tagged with, and (Evaluate) the training job whose model is evaluated.
+PIPELINE_EXECUTION_ARN_ENV = "NCF_PIPELINE_EXECUTION_ARN"
+EVALUATED_TRAINING_JOB_ENV = "NCF_TRAINING_JOB_NAME"
 
 # ------------------------------------------------------------------ hyperparameter keys (script mode)
 SUBMIT_DIRECTORY_HP = "sagemaker_submit_directory"
@@ -116,6 +129,11 @@ def processing_container_path(name: str) -> str:
 def processing_dir(name: str) -> Path:
     """The same directory as the program sees it (relocated by SAGEMAKER_BASE_DIR in tests)."""
     return base_dir() / PROCESSING_SUBDIR / name
+
+
+def processing_job_config_file() -> Path:
+    """/opt/ml/config/processingjobconfig.json: a processing job's request (its ProcessingJobName)."""
+    return base_dir() / "config" / "processingjobconfig.json"
 
 
 def exit_message_file() -> Path:

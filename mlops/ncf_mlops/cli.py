@@ -9,6 +9,7 @@ The role is --role-arn or $SAGEMAKER_ROLE_ARN, the bucket --bucket or $BUCKET (m
 reports go under s3://BUCKET/PREFIX/), the images ncf-train:latest and ncf-serve:latest in ECR (--train-image,
 --serve-image): for --definition in the role's account, for upsert in the caller's (checked to exist).
 InputDataUri and TestDataUri default to --data (s3://BUCKET/ncf/ml-1m/, where the README uploads ML-1M).
+MlflowTrackingUri defaults to $MLFLOW_TRACKING_URI (empty: the steps track nothing).
 start checks every --param against the pipeline's parameters (unknown names, thresholds outside 0–1,
 hyperparameters the image would refuse) before any AWS call. status (and start --wait) exits 1 when the
 execution failed or stopped.
@@ -45,6 +46,7 @@ from ncf_launch.common import (
     say,
     show_request,
 )
+from ncf_sagemaker import platform
 
 from . import parameters as P
 from .pipeline import DEFAULT_NAME, Settings
@@ -128,7 +130,10 @@ def settings_for(args: argparse.Namespace, aws: Aws | None) -> Settings:
             images[flag] = given
         else:
             images[flag] = default_image(aws, repository)
-    return Settings(args.name, region, role, args.bucket, args.prefix, data_uri=data, **images)
+    tracking = os.environ.get(platform.MLFLOW_TRACKING_URI_ENV, "").strip()
+    return Settings(
+        args.name, region, role, args.bucket, args.prefix, data_uri=data, tracking_uri=tracking, **images
+    )
 
 
 def definition(settings: Settings) -> str:

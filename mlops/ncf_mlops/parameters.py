@@ -29,6 +29,7 @@ MIN_HR = f"MinHrAt{GATE_K}"
 MIN_NDCG = f"MinNdcgAt{GATE_K}"
 MODEL_PACKAGE_GROUP = "ModelPackageGroupName"
 APPROVAL_STATUS = "ModelApprovalStatus"
+MLFLOW_TRACKING_URI = "MlflowTrackingUri"
 
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 DEFAULT_GROUP = "ncf-models"  # the model package group (mlops/infra/ creates it; the rule listens to it)
@@ -61,9 +62,10 @@ def hyperparameter_parameters() -> tuple[Parameter, ...]:
     )
 
 
-def parameters(data_uri: str) -> tuple[Parameter, ...]:
+def parameters(data_uri: str, tracking_uri: str = "") -> tuple[Parameter, ...]:
     """Every parameter, in the order the definition lists them; ``data_uri`` is the default data prefix
-    (NCF files: ``*.train.rating`` for training, ``*.test.rating`` + ``*.test.negative`` for the gate)."""
+    (NCF files: ``*.train.rating`` for training, ``*.test.rating`` + ``*.test.negative`` for the gate),
+    ``tracking_uri`` the default MLflow tracking server (empty: no tracking)."""
     return (
         Parameter(INPUT_DATA, str, data_uri, "the train channel (S3 prefix)"),
         Parameter(TEST_DATA, str, data_uri, "NCF test files the Evaluate step scores (S3 prefix)"),
@@ -80,6 +82,12 @@ def parameters(data_uri: str) -> tuple[Parameter, ...]:
             APPROVAL_STATUSES[0],
             "status of a registered model",
             choices=APPROVAL_STATUSES,
+        ),
+        Parameter(
+            MLFLOW_TRACKING_URI,
+            str,
+            tracking_uri,
+            "MLflow tracking server (URL or tracking server ARN) Train and Evaluate log to; empty: none",
         ),
         *hyperparameter_parameters(),
     )

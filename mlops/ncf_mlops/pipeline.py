@@ -43,6 +43,7 @@ class Settings:
     train_image: str
     serve_image: str
     data_uri: str  # default of InputDataUri and TestDataUri
+    tracking_uri: str = ""  # default of MlflowTrackingUri (empty: no experiment tracking)
 
     def s3(self, *parts: str) -> str:
         return "/".join([f"s3://{self.bucket}", self.prefix.strip("/"), *parts])
@@ -75,8 +76,13 @@ def build(settings: Settings) -> Any:
     from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
     session = offline_session(settings.region, settings.bucket)
-    declared = P.parameters(settings.data_uri)
+    declared = P.parameters(settings.data_uri, settings.tracking_uri)
     param = {p.name: _sdk_parameter(p) for p in declared}
+    # Both steps log to MLflow when the parameter is set, their runs tagged with this execution.
+    tracking_env = {
+        platform.MLFLOW_TRACKING_URI_ENV: param[P.MLFLOW_TRACKING_URI],
+        platform.PIPELINE_EXECUTION_ARN_ENV: ExecutionVariables.PIPELINE_EXECUTION_ARN,
+    }
 
     estimator = Estimator(
         image_uri=settings.train_image,
@@ -89,6 +95,7 @@ def build(settings: Settings) -> Any:
         metric_definitions=load_metric_definitions(),
         disable_profiler=True,  # our image has no smdebug: no profiler or debugger hook
         debugger_hook_config=False,
+        environment=tracking_env,
         sagemaker_session=session,
     )
     train = TrainingStep(
@@ -113,6 +120,7 @@ def build(settings: Settings) -> Any:
         instance_type=param[P.EVAL_INSTANCE_TYPE],
         entrypoint=[EVALUATE_PROGRAM],
         base_job_name="ncf-evaluate",
+        env=tracking_env | {platform.EVALUATED_TRAINING_JOB_ENV: train.properties.TrainingJobName},
         sagemaker_session=session,
     )
     evaluation_file = PropertyFile(

@@ -20,7 +20,9 @@ DATA = f"s3://{BUCKET}/ncf/ml-1m/"
 
 def offline_env(**extra: str) -> dict[str, str]:
     """No credentials, no profile, an endpoint where nothing listens: any AWS call would fail."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_", "BUCKET"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_", "BUCKET", "MLFLOW_"))
+    }
     env |= {
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
@@ -83,6 +85,16 @@ def test_definition_is_printed_without_credentials_or_network(aws):
     }
     (output,) = evaluate["ProcessingOutputConfig"]["Outputs"]
     assert output["S3Output"]["LocalPath"] == "/opt/ml/processing/evaluation"
+    # MLflow: both steps get the tracking server and this execution, Evaluate the job whose model it scores
+    tracking = {
+        "MLFLOW_TRACKING_URI": {"Get": "Parameters.MlflowTrackingUri"},
+        "NCF_PIPELINE_EXECUTION_ARN": {"Get": "Execution.PipelineExecutionArn"},
+    }
+    assert train["Environment"] == tracking
+    assert evaluate["Environment"] == tracking | {
+        "NCF_TRAINING_JOB_NAME": {"Get": "Steps.Train.TrainingJobName"}
+    }
+    assert params["MlflowTrackingUri"] == {"Name": "MlflowTrackingUri", "Type": "String", "DefaultValue": ""}
     assert steps["Evaluate"]["PropertyFiles"] == [
         {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}
     ]
@@ -114,6 +126,15 @@ def test_definition_is_printed_without_credentials_or_network(aws):
         assert fragment in message
     assert "Parameters.MinNdcgAt10" in message
     assert aws.server.calls("CreatePipeline") == []
+
+
+def test_the_tracking_server_defaults_to_mlflow_tracking_uri():
+    from tests.support.moto import run_script
+
+    server = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/ncf"
+    proc = run_script("pipeline", "--definition", env=offline_env(MLFLOW_TRACKING_URI=server))
+    params = {p["Name"]: p for p in json.loads("\n".join(ok(proc)))["Parameters"]}
+    assert params["MlflowTrackingUri"]["DefaultValue"] == server
 
 
 def test_compiling_the_pipeline_opens_no_connection(monkeypatch):

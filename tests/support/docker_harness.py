@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.request
 import uuid
@@ -204,10 +205,18 @@ def wait_for_http(url: str, timeout: float = 60, container: str | None = None) -
         time.sleep(0.3)
 
 
+IMAGE_EXTRAS = ("train", "tracking", "serve")  # what scripts/wheelhouse.sh downloads, with the dependencies
+
+
 def ensure_wheelhouse() -> Path:
-    """Image builds install from ./wheelhouse (pip cannot verify TLS inside containers here): fill it once."""
+    """Image builds install from ./wheelhouse (pip cannot verify TLS inside containers here): fill it once,
+    and again (only what is missing is fetched) when pyproject.toml pins something its list lacks."""
     wheelhouse = ROOT / "wheelhouse"
-    if not any(wheelhouse.glob("torch-*.whl")):
+    listed = wheelhouse / "requirements.txt"
+    have = set(listed.read_text().split()) if listed.is_file() else set()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = set(project["dependencies"]).union(*(project["optional-dependencies"][e] for e in IMAGE_EXTRAS))
+    if not any(wheelhouse.glob("torch-*.whl")) or not pins <= have:
         subprocess.run(["bash", str(ROOT / "scripts" / "wheelhouse.sh")], check=True, timeout=1800)
     return wheelhouse
 

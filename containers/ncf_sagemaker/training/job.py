@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ncf_core.jsonio import write_json
 from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import Distributed, EpochReport
 
-from .. import platform
+from .. import platform, tracking
 from . import distributed, hyperparameters, pretrained, reports, script_mode
 
 log = logging.getLogger("ncf_sagemaker.train")
@@ -104,6 +105,15 @@ class Job:
         self.stop: threading.Event | None = None  # made per process (an Event cannot be pickled to workers)
         self.hard_exit = False  # set after a distributed run: skip C++ destructors at exit
 
+    def tracked_params(self) -> dict[str, Any]:
+        """The resolved hyperparameters (defaults filled in) and where the job ran, for MLflow."""
+        p = self.placement
+        return (
+            vars(self.options.config)
+            | asdict(self.options.data)
+            | {"world_size": p.world_size, "channels": ",".join(self.channels)}
+        )
+
     def run_rank(self, local_rank: int) -> int:
         p = self.placement
         rank, world = p.rank(local_rank), p.world_size
@@ -124,6 +134,7 @@ class Job:
 
                 # Several CPU workers share the host's cores: no oversubscription.
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // p.procs_per_host))
+        run = tracking.start_training(self.tracked_params()) if rank == 0 else tracking.Run()
         try:
             data = load_job_data(self.options)
             history: list[dict[str, Any]] = []
@@ -132,6 +143,7 @@ class Job:
             def on_epoch(report: EpochReport) -> None:
                 history.append(report.as_dict())
                 write_json(out / reports.METRICS_FILE, history)
+                run.log_epoch(history[-1])
 
             result = train_to_artifact(
                 data,
@@ -147,6 +159,7 @@ class Job:
                 log.info(
                     "stopped on request; the checkpoint in %s resumes the run", platform.checkpoint_dir()
                 )
+                run.end(tracking.KILLED)
                 return EXIT_STOPPED
             if rank == 0:
                 summary = result.summary() | {"k": config.top_k, "world_size": world}
@@ -162,7 +175,15 @@ class Job:
                     summary["epochs_run"],
                     " ".join(f"{k}={v};" for k, v in final.items()),
                 )
+                run.log_kept(result.summary())
+                for name in (reports.CURVE_FILE, reports.METRICS_FILE, reports.REPORT_FILE):
+                    run.log_file(out / name, tracking.REPORTS_PATH)
+                run.log_directory(platform.model_dir(), tracking.MODEL_PATH)
+            run.end(tracking.FINISHED)
             return EXIT_OK
+        except BaseException:
+            run.end(tracking.FAILED)
+            raise
         finally:
             if world > 1:
                 if sys.exc_info()[0] is None:
