@@ -132,7 +132,9 @@ def generate(path: Path, pairs: int, seed: int = 0) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- one size
-def measure(csv: Path, max_steps: int | None, workdir: Path) -> dict[str, Any]:
+def measure(
+    csv: Path, max_steps: int | None, workdir: Path, embedding_updates: str = "auto"
+) -> dict[str, Any]:
     import torch
 
     from ncf_core import data as ncf_data
@@ -150,7 +152,7 @@ def measure(csv: Path, max_steps: int | None, workdir: Path) -> dict[str, Any]:
         len(data.item_ids),
         len(data.train_users),
     )
-    config = TrainConfig(epochs=1, device="cpu")
+    config = TrainConfig(epochs=1, device="cpu", embedding_updates=embedding_updates)
     steps_done = 0
 
     def stop_after() -> bool:
@@ -161,6 +163,7 @@ def measure(csv: Path, max_steps: int | None, workdir: Path) -> dict[str, Any]:
     checkpoints = Path(tempfile.mkdtemp(dir=workdir, prefix="ckpt-"))
     trainer = Trainer(data, config, checkpoint_dir=checkpoints, should_stop=stop_after)
     steps = trainer.steps_per_epoch()
+    out["embedding_updates"] = "lazy" if trainer.lazy is not None else "dense"
     t = time.perf_counter()
     finished = trainer._train_epoch(1)
     train_s = time.perf_counter() - t
@@ -202,12 +205,13 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, help="time only the first steps of the epoch")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ncf-scale"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embedding-updates", choices=("auto", "dense", "lazy"), default="auto")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size here
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.one is not None:
         csv = args.workdir / f"ratings-{args.one}-{args.seed}.csv"
-        print(json.dumps(measure(csv, args.max_steps, args.workdir)))
+        print(json.dumps(measure(csv, args.max_steps, args.workdir, args.embedding_updates)))
         return
     for size in map(parse_size, args.sizes.split(",")):
         csv = args.workdir / f"ratings-{size}-{args.seed}.csv"
@@ -225,7 +229,8 @@ def main() -> None:
             "--workdir",
             str(args.workdir),
         ]
-        cmd += ["--seed", str(args.seed)] + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
+        cmd += ["--seed", str(args.seed), "--embedding-updates", args.embedding_updates]
+        cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
         t = time.perf_counter()
         child = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         if child.returncode != 0:
