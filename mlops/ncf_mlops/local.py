@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +144,20 @@ def run(settings: Settings, deployed: Settings, overrides: dict[str, str], step_
     started = time.monotonic()
     try:
         # The SDK copies the containers' output to stdout: stdout is kept for our result lines.
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), kept_failure_reasons() as reasons:
             execution = pipeline.start(parameters=typed(overrides))
+        reason = reasons[-1] if reasons else None
     finally:
         remove_jobs(work)
     wall = time.monotonic() - started
     desc = execution.describe()
     status = desc["PipelineExecutionStatus"]
     steps = sorted(execution.list_steps()["PipelineExecutionSteps"], key=lambda s: s["StartTime"])
+    for step in steps:
+        said = step.get("FailureReason")
+        if reason and said and said.startswith("RuntimeError: Failed to run:"):
+            step["FailureReason"] = f"{reason} (local mode: {said})"
+            desc["FailureReason"] = desc.get("FailureReason", "").replace(said, step["FailureReason"])
     result(f"execution {desc['PipelineExecutionArn']}: {status} in {wall:.1f} s")
     for step in steps:
         result(f"  {step_line(step, seconds(step))}")
@@ -159,6 +166,32 @@ def run(settings: Settings, deployed: Settings, overrides: dict[str, str], step_
     if any(s["StepName"] == LOCAL_REGISTER_STEP and s["StepStatus"] == "Succeeded" for s in steps):
         register(deployed, execution, session)
     return desc
+
+
+@contextlib.contextmanager
+def kept_failure_reasons() -> Iterator[list[str]]:
+    """The reasons failed jobs wrote (/opt/ml/output/failure for a training job, /opt/ml/output/message for
+    the evaluate program), which SageMaker shows as a step's FailureReason. Local mode says only that docker
+    compose exited 1, and deletes each job's /opt/ml tree right after it (``_SageMakerContainer._cleanup``):
+    for the length of the execution, that cleanup reads them first."""
+    from sagemaker.local.image import _SageMakerContainer
+
+    reasons: list[str] = []
+    cleanup = _SageMakerContainer._cleanup
+
+    def reading_cleanup(container, dirs_to_delete=None):
+        for host in container.hosts:
+            for name in ("failure", "message"):
+                path = Path(container.container_root, host, "output", name)
+                if path.is_file() and (text := path.read_text(encoding="utf-8", errors="replace").strip()):
+                    reasons.append(text)
+        return cleanup(container, dirs_to_delete)
+
+    _SageMakerContainer._cleanup = reading_cleanup
+    try:
+        yield reasons
+    finally:
+        _SageMakerContainer._cleanup = cleanup
 
 
 def remove_jobs(work: Path) -> None:

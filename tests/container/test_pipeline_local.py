@@ -162,3 +162,16 @@ def test_readme_shows_the_local_commands():
     text = re.sub(r"\\\n\s*", "", text)
     missing = [c for c in README_COMMANDS if c not in text]
     assert not missing, f"README.md no longer shows these tested commands: {missing}"
+
+
+def test_a_failed_job_shows_its_own_reason(aws: Aws, sh):
+    """Local mode only says that docker compose exited 1; the step shows what the job wrote (as SageMaker
+    shows a job's failure file), here the training image refusing a channel without ratings."""
+    aws.s3.put_object(Bucket=BUCKET, Key="ncf/broken/notes.txt", Body=b"no ratings here\n")
+    proc = sh('scripts/pipeline.sh --local --data "s3://$BUCKET/ncf/broken/"')
+    assert proc.returncode == 1, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-8000:]}"
+    steps = step_lines(proc.stdout)
+    assert steps["Train"].startswith("Failed in "), steps
+    assert "no '*.train.rating' and none of" in steps["Train"], steps["Train"]
+    assert "(local mode: RuntimeError: Failed to run:" in steps["Train"]
+    assert "Evaluate" not in steps
