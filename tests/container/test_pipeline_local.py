@@ -39,6 +39,7 @@ GROUP = "ncf-models"
 def aws() -> Iterator[Aws]:
     server = MotoServer()
     try:
+        server.reset()  # moto's backends are per process: tests/aws may have left model packages in them
         view = Aws(server)
         view.s3.create_bucket(Bucket=BUCKET)
         view.sm.create_model_package_group(ModelPackageGroupName=GROUP)  # mlops/infra creates it
