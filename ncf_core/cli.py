@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--to", required=True, type=Path, help="CSV file to write")
     syn.add_argument("--users", type=int, default=600)
     syn.add_argument("--items", type=int, default=300)
+    nf = sub.add_parser(
+        "ncf-files", help="write a ratings file's leave-one-out split as NCF files (PREFIX.train.rating...)"
+    )
+    nf.add_argument("--data", required=True, help="raw ratings file or directory (u.data, ratings.dat...)")
+    nf.add_argument("--to", required=True, type=Path, help="the files' prefix, e.g. data/ml-100k/ml-100k")
+    nf.add_argument("--seed", type=int, default=0, help="seed of the sampled test negatives")
     sub.add_parser("hyperparameters", help="print the training image's hyperparameters as a markdown table")
     return parser
 
@@ -135,6 +141,10 @@ def _run(args: argparse.Namespace) -> int:
         from .synthetic import write_ratings_csv
 
         print(write_ratings_csv(args.to, num_users=args.users, num_items=args.items, groups=10, per_user=20))
+        return 0
+    if args.command == "ncf-files":
+        data = ncf_data.load(args.data, seed=args.seed, validation=False)
+        print(ncf_data.write_ncf(data, args.to))
         return 0
     if args.command == "hyperparameters":
         print(config.hyperparameter_table(), end="")

@@ -283,6 +283,31 @@ def load_ncf(train: str | Path, test: str | Path, negative: str | Path) -> Inter
     )
 
 
+def write_ncf(data: Interactions, prefix: str | Path) -> Path:
+    """Write ``data``'s train pairs and test split as NCF files (``PREFIX.train.rating``,
+    ``PREFIX.test.rating``, ``PREFIX.test.negative``) in its contiguous indices, so that a raw ratings file
+    (ML-100K's ``u.data``) can feed what reads only NCF files (the pipeline's Evaluate step). Ratings and
+    timestamps are not kept (the NCF readers use the first two columns): written as 1 and 0."""
+    if data.test is None or len(data.test) == 0:
+        raise DataError("no test split to write", data.source or None)
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = {kind: Path(str(prefix) + suffix) for kind, suffix in NCF_SUFFIXES.items()}
+
+    def pairs(users: np.ndarray, items: np.ndarray) -> str:
+        return "".join(f"{u}\t{i}\t1\t0\n" for u, i in zip(users.tolist(), items.tolist(), strict=True))
+
+    paths["train"].write_text(pairs(data.train_users, data.train_items), encoding="utf-8")
+    test = data.test
+    paths["test"].write_text(pairs(test.users, test.items), encoding="utf-8")
+    lines = (
+        f"({u},{i})\t" + "\t".join(map(str, negs)) + "\n"
+        for u, i, negs in zip(test.users.tolist(), test.items.tolist(), test.negatives.tolist(), strict=True)
+    )
+    paths["negative"].write_text("".join(lines), encoding="utf-8")
+    return prefix
+
+
 # ----------------------------------------------------------------------------------------- raw ratings
 
 

@@ -4,6 +4,7 @@
     scripts/pipeline.sh upsert                            create the pipeline, or update it in place
     scripts/pipeline.sh start --param epochs=20 --param MinHrAt10=0.65 --wait
     scripts/pipeline.sh status [--execution ARN] [--wait] each step's state and failure reason
+    scripts/pipeline.sh --local --data s3://BUCKET/ncf/ml-100k/ --param epochs=2   the same pipeline, here
 
 The role is --role-arn or $SAGEMAKER_ROLE_ARN, the bucket --bucket or $BUCKET (models and evaluation
 reports go under s3://BUCKET/PREFIX/), the images ncf-train:latest and ncf-serve:latest in ECR (--train-image,
@@ -13,6 +14,14 @@ MlflowTrackingUri defaults to $MLFLOW_TRACKING_URI (empty: the steps track nothi
 start checks every --param against the pipeline's parameters (unknown names, thresholds outside 0–1,
 hyperparameters the image would refuse) before any AWS call. status (and start --wait) exits 1 when the
 execution failed or stopped.
+
+--local runs the same pipeline on this machine with the SDK's LocalPipelineSession: each step in Docker on
+the local images ncf-train:local and ncf-serve:local (scripts/build_and_push.sh --cpu --no-push), S3 (data,
+model.tar.gz, evaluation.json) in --bucket at AWS_ENDPOINT_URL when set. It prints each step's outcome and
+wall time and exits 1 when the execution failed (the quality gate's Fail step included). Local mode cannot
+register a model package: there the Register step creates the model locally, and when it ran pipeline.sh
+sends the deployed Register step's CreateModelPackage request itself, with this execution's model data and
+evaluation.json, to SageMaker (or AWS_ENDPOINT_URL); the model package group must exist.
 """
 
 from __future__ import annotations
@@ -68,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("command", nargs="?", choices=COMMANDS, help="upsert, start or status")
     p.add_argument("--definition", action="store_true", help="print the pipeline's JSON definition and exit")
+    p.add_argument(
+        "--local", action="store_true", help="run the pipeline on this machine (Docker, SDK local mode)"
+    )
     p.add_argument("--name", default=DEFAULT_NAME, help=f"pipeline name (default {DEFAULT_NAME})")
     role_arn_option(p)
     p.add_argument("--bucket", default=os.environ.get(BUCKET_ENV), help=f"S3 bucket (env {BUCKET_ENV})")
@@ -77,9 +89,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", metavar="S3_URI", help=f"default data prefix (default s3://BUCKET/{DEFAULT_DATA})"
     )
-    p.add_argument("--train-image", help="training image URI (default: ncf-train:latest in ECR)")
-    p.add_argument("--serve-image", help="serving image URI (default: ncf-serve:latest in ECR)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="start: a parameter")
+    p.add_argument(
+        "--train-image",
+        help="training image URI (default: ncf-train:latest in ECR; ncf-train:local with --local)",
+    )
+    p.add_argument(
+        "--serve-image",
+        help="serving image URI (default: ncf-serve:latest in ECR; ncf-serve:local with --local)",
+    )
+    p.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="start, --local: a parameter"
+    )
     p.add_argument("--execution", metavar="ARN", help="status: this execution (default: the latest)")
     p.add_argument("--wait", action="store_true", help="start, status: follow the execution until it ends")
     p.add_argument("--poll", type=float, default=POLL_SECONDS, help=argparse.SUPPRESS)
@@ -88,10 +108,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.definition == bool(args.command):
-        raise UsageError("give --definition or one of: " + ", ".join(COMMANDS))
-    if args.param and args.command != "start":
-        raise UsageError("--param only applies to start")
+    if args.definition + args.local + bool(args.command) != 1:
+        raise UsageError("give --definition, --local or one of: " + ", ".join(COMMANDS))
+    if args.param and args.command != "start" and not args.local:
+        raise UsageError("--param only applies to start and --local")
     if args.execution and args.command != "status":
         raise UsageError("--execution only applies to status")
     if args.wait and args.command not in ("start", "status"):
@@ -123,7 +143,11 @@ def settings_for(args: argparse.Namespace, aws: Aws | None) -> Settings:
     images = {}
     for flag, repository in (("train_image", TRAIN_REPOSITORY), ("serve_image", SERVE_REPOSITORY)):
         given = getattr(args, flag)
-        if aws is None:
+        if args.local:
+            from .local import LOCAL_IMAGES
+
+            images[flag] = given or LOCAL_IMAGES[flag]
+        elif aws is None:
             images[flag] = given or ecr_image_uri(role.split(":")[4], region, repository)
         elif given:
             check_ecr_image(aws, given)
@@ -219,9 +243,12 @@ def latest_execution(sm, name: str) -> str:
     return max(summaries, key=lambda s: s["StartTime"])["PipelineExecutionArn"]
 
 
-def step_line(step: dict) -> str:
-    """``Train: Succeeded``, with the failure reason, a condition's outcome or a Fail step's message."""
+def step_line(step: dict, seconds: float | None = None) -> str:
+    """``Train: Succeeded``, with the failure reason, a condition's outcome or a Fail step's message
+    (and ``in 12.3 s`` after the state, given the step's wall time)."""
     line = f"{step['StepName']}: {step.get('StepStatus', '?')}"
+    if seconds is not None:
+        line += f" in {seconds:.1f} s"
     metadata = step.get("Metadata") or {}
     if "Condition" in metadata:
         line += f" (outcome {metadata['Condition'].get('Outcome')})"
@@ -271,6 +298,23 @@ def status(args: argparse.Namespace) -> None:
     follow(sm, args.execution or latest_execution(sm, args.name), wait=args.wait, poll=args.poll)
 
 
+# ------------------------------------------------------------------------------------------------- local
+
+
+def run_local(args: argparse.Namespace) -> None:
+    from . import local
+
+    overrides = P.check_overrides(key_values(args.param, "--param"), P.parameters(data_uri=""))
+    aws = connect(args.region)
+    args.region = aws.region
+    settings = settings_for(args, None)
+    check_bucket(aws, settings.bucket)
+    for name in (P.INPUT_DATA, P.TEST_DATA):
+        require_objects(aws, overrides.get(name, settings.data_uri), name)
+    given = {"train_image": args.train_image, "serve_image": args.serve_image}
+    local.run(settings, local.deployed_settings(settings, aws.account, given), overrides, step_line)
+
+
 # -------------------------------------------------------------------------------------------------- main
 
 
@@ -281,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         if args.definition:
             result(json.dumps(json.loads(definition(settings_for(args, None))), indent=2))
+        elif args.local:
+            run_local(args)
         else:
             {"upsert": upsert, "start": start, "status": status}[args.command](args)
 

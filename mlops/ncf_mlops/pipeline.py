@@ -58,8 +58,14 @@ def _sdk_parameter(p: P.Parameter) -> Any:
     return kind(name=p.name, default_value=p.default)
 
 
-def build(settings: Settings) -> Any:
-    """The ``sagemaker.workflow.pipeline.Pipeline`` (compiling it makes no AWS call)."""
+def build(settings: Settings, session: Any = None) -> Any:
+    """The ``sagemaker.workflow.pipeline.Pipeline`` (compiling it makes no AWS call).
+
+    ``session`` defaults to the offline ``PipelineSession``; a ``LocalPipelineSession`` (``ncf_mlops.local``)
+    gives the same steps run by the SDK's local mode, except that the Register step, which local mode does
+    not run, is a ModelStep that creates the (local) model instead (its name says so:
+    ``Register-CreateModel``); ``ncf_mlops.local`` sends the CreateModelPackage request itself.
+    """
     from sagemaker.estimator import Estimator
     from sagemaker.inputs import TrainingInput
     from sagemaker.model import Model
@@ -75,7 +81,8 @@ def build(settings: Settings) -> Any:
     from sagemaker.workflow.properties import PropertyFile
     from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
-    session = offline_session(settings.region, settings.bucket)
+    local = session is not None and getattr(session, "local_mode", False)
+    session = session or offline_session(settings.region, settings.bucket)
     declared = P.parameters(settings.data_uri, settings.tracking_uri)
     param = {p.name: _sdk_parameter(p) for p in declared}
     # Both steps log to MLflow when the parameter is set, their runs tagged with this execution.
@@ -169,7 +176,9 @@ def build(settings: Settings) -> Any:
     )
     register = ModelStep(
         name=REGISTER_STEP,
-        step_args=model.register(
+        step_args=model.create()
+        if local
+        else model.register(
             content_types=list(CONTENT_TYPES),
             response_types=list(CONTENT_TYPES),
             inference_instances=list(INFERENCE_INSTANCE_TYPES),

@@ -340,3 +340,31 @@ def test_the_register_step_is_a_request_sagemaker_takes_and_the_registry_shows(a
     assert ok(aws.run("registry", "list", "--group", "ncf-models")) == [
         f"1\tPendingManualApproval\thr_at_10=0.7 ndcg_at_10=0.42 users_evaluated=6040\t{arn}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--local", "upsert"], "give --definition, --local or one of: upsert, start, status"),
+        (["--local", "--definition"], "give --definition, --local or one of"),
+        (["--local", "--wait"], "--wait only applies to start and status"),
+        (["--local", "--param", "MinHrAt10=1.5"], "a threshold must lie in 0–1"),
+        (["--local", "--param", "epochs=abc"], "hyperparameter epochs='abc' is not an integer"),
+        (["--local", "--param", "learning_rat=0.1"], "unknown pipeline parameter(s) learning_rat"),
+    ],
+)
+def test_local_refuses_bad_arguments_before_any_call(aws, args, message):
+    refused(aws.run("pipeline", *args, env=aws.env | {"BUCKET": BUCKET}), message)
+    assert [r for r in aws.server.requests if r["method"] == "POST"] == []
+
+
+def test_local_refuses_missing_data_or_a_missing_local_image(aws):
+    """Checked before the SDK runs anything (it would try to pull a missing image)."""
+    env = aws.env | {"BUCKET": BUCKET}
+    data = "s3://ncf-test-bucket/ncf/ml-100k/"
+    refused(aws.run("pipeline", "--local", "--data", data, env=env), f"InputDataUri {data} holds no objects")
+    for suffix in ("train.rating", "test.rating", "test.negative"):
+        aws.put(f"ncf/ml-100k/ml-100k.{suffix}")
+    proc = aws.run("pipeline", "--local", "--data", data, "--train-image", "ncf-missing:none", env=env)
+    refused(proc, "no local image ncf-missing:none", "scripts/build_and_push.sh --cpu --no-push")
+    assert aws.server.calls("CreateModelPackage") == []

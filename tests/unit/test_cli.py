@@ -87,3 +87,12 @@ def test_movielens_100k_beats_popularity(tmp_path: Path):
     popularity = evaluate_scores(pop[data.test.items], pop[data.test.negatives], 10)
     assert result.test.hr > popularity.hr + 0.05, (result.test, popularity)
     assert result.test.hr > 0.5
+
+
+def test_ncf_files_writes_the_split_a_prefix_loads(ratings_csv: Path, tmp_path: Path):
+    proc = cli("ncf-files", "--data", str(ratings_csv), "--to", str(tmp_path / "out" / "toy"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "out" / "toy")
+    data = ncf_data.load(tmp_path / "out" / "toy", validation=False)
+    assert len(data.test) == ncf_data.load(ratings_csv, validation=False).num_users
+    assert data.test.negatives.shape[1] == 99

@@ -276,3 +276,24 @@ def test_ml1m_partial_ratings_dat_reads(tmp_path: Path):
     path.write_bytes(head)
     data = ncf_data.load(path)
     assert len(data.train_users) + len(data.val) + len(data.test) == 5000
+
+
+def test_write_ncf_files_load_back_as_the_same_split(ratings_csv: Path, tmp_path: Path):
+    """A raw file's leave-one-out split, written as NCF files (what the pipeline's Evaluate step reads)."""
+    raw = ncf_data.load(ratings_csv, seed=3, validation=False)
+    prefix = ncf_data.write_ncf(raw, tmp_path / "ncf" / "toy")
+    kind, paths = ncf_data.resolve(tmp_path / "ncf")
+    assert kind == "ncf" and paths["train"] == Path(f"{prefix}.train.rating")
+    back = ncf_data.load(prefix, validation=False)
+    assert (back.num_users, back.num_items) == (raw.num_users, raw.num_items)
+    np.testing.assert_array_equal(back.train_users, raw.train_users)
+    np.testing.assert_array_equal(back.train_items, raw.train_items)
+    for field in ("users", "items", "negatives"):
+        np.testing.assert_array_equal(getattr(back.test, field), getattr(raw.test, field))
+
+
+def test_write_ncf_without_a_test_split_is_an_error(ratings_csv: Path, tmp_path: Path):
+    raw = ncf_data.load(ratings_csv, validation=False)
+    raw.test = None
+    with pytest.raises(DataError, match="no test split"):
+        ncf_data.write_ncf(raw, tmp_path / "x")
