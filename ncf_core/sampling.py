@@ -18,13 +18,24 @@ class PositiveSet:
     """Answers "is item i a positive of user u?" for whole tensors at once."""
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, num_users: int, num_items: int):
+        keys = users.to(torch.int64) * num_items + items.to(torch.int64)
+        self._build(keys, torch.unique(keys), num_users, num_items)
+
+    @classmethod
+    def from_unique_keys(cls, keys: torch.Tensor, num_users: int, num_items: int) -> PositiveSet:
+        """From ``user * num_items + item`` keys that are already sorted and distinct (no sort here)."""
+        self = cls.__new__(cls)
+        keys = keys.to(torch.int64)
+        self._build(keys, keys, num_users, num_items)
+        return self
+
+    def _build(self, keys: torch.Tensor, unique_keys: torch.Tensor, num_users: int, num_items: int) -> None:
         self.num_users = num_users
         self.num_items = num_items
-        keys = users.to(torch.int64) * num_items + items.to(torch.int64)
         self.device = keys.device
         # Counted once from the keys: summing the bitmap per user promoted all of it to int64 (1.5 GB
         # for 185M cells), the peak of a whole training run.
-        self._per_user = torch.bincount(torch.unique(keys) // num_items, minlength=num_users)
+        self._per_user = torch.bincount(unique_keys // num_items, minlength=num_users)
         if num_users * num_items <= DENSE_BITMAP_MAX_CELLS:
             self._bitmap: torch.Tensor | None = torch.zeros(
                 num_users * num_items, dtype=torch.bool, device=self.device
@@ -33,7 +44,7 @@ class PositiveSet:
             self._sorted_keys: torch.Tensor | None = None
         else:
             self._bitmap = None
-            self._sorted_keys = torch.unique(keys)  # sorted
+            self._sorted_keys = unique_keys  # sorted, distinct
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = users.to(torch.int64) * self.num_items + items.to(torch.int64)
