@@ -63,3 +63,19 @@ def test_positives_per_user_counts_distinct_items_on_both_paths(monkeypatch, den
     positives = sampling.PositiveSet(users, items, num_users=5, num_items=6)
     assert (positives._bitmap is not None) == dense
     assert positives.positives_per_user().tolist() == [2, 0, 2, 1, 0]
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_from_unique_keys_answers_as_the_constructor(monkeypatch, dense):
+    monkeypatch.setattr(sampling, "DENSE_BITMAP_MAX_CELLS", 10**9 if dense else 0)
+    _, users, items = dense_positives(num_users=20, num_items=15, density=0.3)
+    built = PositiveSet(users, items, 20, 15)
+    given = PositiveSet.from_unique_keys(torch.unique(users * 15 + items), 20, 15)
+    assert (given._bitmap is not None) == dense
+    assert torch.equal(given.positives_per_user(), built.positives_per_user())
+    qu, qi = torch.meshgrid(torch.arange(20), torch.arange(15), indexing="ij")
+    assert torch.equal(given.contains(qu.flatten(), qi.flatten()), built.contains(qu.flatten(), qi.flatten()))
+    rows = torch.arange(20).repeat_interleave(3)
+    a = sample_distinct_negatives(rows, 3, built, torch.Generator().manual_seed(1))
+    b = sample_distinct_negatives(rows, 3, given, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
