@@ -103,13 +103,21 @@ def sample_distinct_negatives(
         )
     rows = users.repeat_interleave(num_negatives).view(-1, num_negatives)
     neg = sample_negatives(rows.reshape(-1), positives, generator).view(-1, num_negatives)
+    # Only rows redrawn in the last round can hold a duplicate, so only those are sorted again: each row
+    # is sorted on its own, so the duplicates found (and the draws that replace them) are the same as
+    # when sorting every row every round.
+    active = torch.arange(neg.shape[0], device=neg.device)
     for _ in range(max_rounds):
-        order = neg.argsort(dim=1)
-        ordered = neg.gather(1, order)
-        dup_sorted = torch.zeros_like(neg, dtype=torch.bool)
+        part = neg[active]
+        order = part.argsort(dim=1)
+        ordered = part.gather(1, order)
+        dup_sorted = torch.zeros_like(part, dtype=torch.bool)
         dup_sorted[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
-        if not bool(dup_sorted.any()):
+        has_dup = dup_sorted.any(dim=1)
+        if not bool(has_dup.any()):
             return neg
-        dup = torch.zeros_like(dup_sorted).scatter_(1, order, dup_sorted)
+        dup = torch.zeros_like(neg, dtype=torch.bool)
+        dup[active] = torch.zeros_like(dup_sorted).scatter_(1, order, dup_sorted)
         neg[dup] = sample_negatives(rows[dup], positives, generator)
+        active = active[has_dup]
     raise RuntimeError(f"distinct negative sampling did not finish in {max_rounds} rounds")
