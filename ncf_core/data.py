@@ -526,8 +526,9 @@ def _read_csv_pyarrow(path: Path, sep: str, min_rating: float | None):
         return None
     types = {"user": pa.string(), "item": pa.string(), "rating": pa.float64(), "timestamp": pa.int64()}
     convert = pacsv.ConvertOptions(
-        column_types={col: types[role] for col, role in mapping.items()},
-        include_columns=list(mapping),
+        # Other columns are read too, as text: pandas decodes the whole file, so bad UTF-8 anywhere is
+        # an error there, and pyarrow checks UTF-8 only in the text columns it converts.
+        column_types={col: types[mapping[col]] if col in mapping else pa.string() for col in header},
         null_values=[],
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
@@ -535,7 +536,7 @@ def _read_csv_pyarrow(path: Path, sep: str, min_rating: float | None):
     table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
     if table.num_rows == 0:
         return None
-    table = table.rename_columns([mapping[c] for c in table.column_names])
+    table = table.select(list(mapping)).rename_columns(list(mapping.values()))
     keep = None
     if "rating" in roles:
         rating = table.column("rating").to_numpy()
@@ -543,13 +544,6 @@ def _read_csv_pyarrow(path: Path, sep: str, min_rating: float | None):
             return None
         if min_rating is not None:
             keep = rating >= min_rating
-            log.info(
-                "%s: %d of %d rows have rating < %s and were left out",
-                path,
-                len(rating) - int(keep.sum()),
-                len(rating),
-                min_rating,
-            )
         del rating
     out = []
     for role in ("user", "item"):
@@ -576,6 +570,14 @@ def _read_csv_pyarrow(path: Path, sep: str, min_rating: float | None):
     pa.default_memory_pool().release_unused()
     if len(out[0]) == 0:  # every row filtered out: read_raw's path says what it says about that
         return None
+    if keep is not None:
+        log.info(
+            "%s: %d of %d rows have rating < %s and were left out",
+            path,
+            len(keep) - len(out[0]),
+            len(keep),
+            min_rating,
+        )
     return (*out, timestamps)
 
 

@@ -315,6 +315,7 @@ _ID_STYLES = {
     "negative_ints": lambda kind, k: str(k - 12),
     "quoted": lambda kind, k: f'"{k}"',
     "lookalike": lambda kind, k: "٣" if k == 3 else str(k),
+    "na_like": lambda kind, k: ["NA", "null", "nan", "None"][k] if k < 4 else str(k),  # text, not missing
 }
 
 
@@ -382,3 +383,18 @@ def test_chronological_order_is_lexsort_by_user_time_then_file_order(kind: str):
     }[kind]
     expected = np.lexsort((np.arange(5000), np.arange(5000) if times is None else times, users))
     assert np.array_equal(ncf_data._chronological_order(users, times), expected)
+
+
+def test_fast_csv_reader_declines_bad_utf8_in_a_column_it_does_not_use(tmp_path: Path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"user,item,comment\n1,2,ok\n1,3,\xff\n2,3,ok\n")
+    assert ncf_data._read_csv_fast(path, None) is None
+    with pytest.raises(DataError, match="cannot parse as CSV"):
+        ncf_data.load_raw(path, num_eval_negatives=1)
+
+
+def test_fast_csv_reader_logs_min_rating_once(tmp_path: Path, caplog):
+    caplog.set_level("INFO")
+    path = write(tmp_path / "r.csv", "user,item,rating\n1,10,5\n1,11,1\n1,12,4\n2,10,4\n2,11,5\n")
+    data = ncf_data.load_raw(path, min_rating=4, num_eval_negatives=0, validation=False)
+    assert data.num_items == 3 and caplog.text.count("1 of 5 rows have rating < 4") == 1
