@@ -18,13 +18,24 @@ class PositiveSet:
     """Answers "is item i a positive of user u?" for whole tensors at once."""
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, num_users: int, num_items: int):
+        keys = users.to(torch.int64) * num_items + items.to(torch.int64)
+        self._build(keys, torch.unique(keys), num_users, num_items)
+
+    @classmethod
+    def from_unique_keys(cls, keys: torch.Tensor, num_users: int, num_items: int) -> PositiveSet:
+        """From ``user * num_items + item`` keys that are already sorted and distinct (no sort here)."""
+        self = cls.__new__(cls)
+        keys = keys.to(torch.int64)
+        self._build(keys, keys, num_users, num_items)
+        return self
+
+    def _build(self, keys: torch.Tensor, unique_keys: torch.Tensor, num_users: int, num_items: int) -> None:
         self.num_users = num_users
         self.num_items = num_items
-        keys = users.to(torch.int64) * num_items + items.to(torch.int64)
         self.device = keys.device
         # Counted once from the keys: summing the bitmap per user promoted all of it to int64 (1.5 GB
         # for 185M cells), the peak of a whole training run.
-        self._per_user = torch.bincount(torch.unique(keys) // num_items, minlength=num_users)
+        self._per_user = torch.bincount(unique_keys // num_items, minlength=num_users)
         if num_users * num_items <= DENSE_BITMAP_MAX_CELLS:
             self._bitmap: torch.Tensor | None = torch.zeros(
                 num_users * num_items, dtype=torch.bool, device=self.device
@@ -33,7 +44,7 @@ class PositiveSet:
             self._sorted_keys: torch.Tensor | None = None
         else:
             self._bitmap = None
-            self._sorted_keys = torch.unique(keys)  # sorted
+            self._sorted_keys = unique_keys  # sorted, distinct
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = users.to(torch.int64) * self.num_items + items.to(torch.int64)
@@ -92,13 +103,21 @@ def sample_distinct_negatives(
         )
     rows = users.repeat_interleave(num_negatives).view(-1, num_negatives)
     neg = sample_negatives(rows.reshape(-1), positives, generator).view(-1, num_negatives)
+    # Only rows redrawn in the last round can hold a duplicate, so only those are sorted again: each row
+    # is sorted on its own, so the duplicates found (and the draws that replace them) are the same as
+    # when sorting every row every round.
+    active = torch.arange(neg.shape[0], device=neg.device)
     for _ in range(max_rounds):
-        order = neg.argsort(dim=1)
-        ordered = neg.gather(1, order)
-        dup_sorted = torch.zeros_like(neg, dtype=torch.bool)
+        part = neg[active]
+        order = part.argsort(dim=1)
+        ordered = part.gather(1, order)
+        dup_sorted = torch.zeros_like(part, dtype=torch.bool)
         dup_sorted[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
-        if not bool(dup_sorted.any()):
+        has_dup = dup_sorted.any(dim=1)
+        if not bool(has_dup.any()):
             return neg
-        dup = torch.zeros_like(dup_sorted).scatter_(1, order, dup_sorted)
+        dup = torch.zeros_like(neg, dtype=torch.bool)
+        dup[active] = torch.zeros_like(dup_sorted).scatter_(1, order, dup_sorted)
         neg[dup] = sample_negatives(rows[dup], positives, generator)
+        active = active[has_dup]
     raise RuntimeError(f"distinct negative sampling did not finish in {max_rounds} rounds")

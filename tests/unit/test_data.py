@@ -297,3 +297,125 @@ def test_write_ncf_without_a_test_split_is_an_error(ratings_csv: Path, tmp_path:
     raw.test = None
     with pytest.raises(DataError, match="no test split"):
         ncf_data.write_ncf(raw, tmp_path / "x")
+
+
+# ------------------------------------------------------------------ raw CSV: fast reader vs read_raw's
+
+
+def _ratings_text(ids, seed: int = 0, sep: str = ",", timestamp: bool = True, rows: int = 400) -> str:
+    """Rows over 25 users and 40 items, with repeated pairs and timestamp ties (few distinct times)."""
+    rng = np.random.default_rng(seed)
+    head = ["userId", "movieId", "rating"] + (["timestamp"] if timestamp else [])
+    lines = [sep.join(head)]
+    for _ in range(rows):
+        u, i = int(rng.integers(25)), int(rng.integers(40))
+        fields = [ids("u", u), ids("i", i), str(float(rng.integers(1, 11)) / 2)]
+        lines.append(sep.join(fields + ([str(int(rng.integers(-3, 6)))] if timestamp else [])))
+    return "\n".join(lines) + "\n"
+
+
+def _assert_same_interactions(a: ncf_data.Interactions, b: ncf_data.Interactions) -> None:
+    assert (a.num_users, a.num_items, a.user_ids, a.item_ids) == (
+        b.num_users,
+        b.num_items,
+        b.user_ids,
+        b.item_ids,
+    )
+    assert [type(x) for x in a.user_ids + a.item_ids] == [type(x) for x in b.user_ids + b.item_ids]
+    pairs = [(a.train_users, b.train_users), (a.train_items, b.train_items)]
+    for sa, sb in ((a.test, b.test), (a.val, b.val)):
+        pairs += [(sa.users, sb.users), (sa.items, sb.items), (sa.negatives, sb.negatives)]
+    for x, y in pairs:
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+_ID_STYLES = {
+    "ints": lambda kind, k: str(k * 7),
+    "text": lambda kind, k: f"{kind}{k}",
+    "leading_zeros": lambda kind, k: f"{k - 13:03d}" if k >= 13 else str(k),  # "003" and "3": distinct ids
+    "negative_ints": lambda kind, k: str(k - 12),
+    "quoted": lambda kind, k: f'"{k}"',
+    "lookalike": lambda kind, k: "٣" if k == 3 else str(k),
+    "na_like": lambda kind, k: ["NA", "null", "nan", "None"][k] if k < 4 else str(k),  # text, not missing
+}
+
+
+@pytest.mark.parametrize("style", sorted(_ID_STYLES))
+@pytest.mark.parametrize(
+    ("sep", "timestamp", "min_rating"),
+    [(",", True, None), ("\t", True, None), (",", False, None), (",", True, 3)],
+)
+def test_fast_csv_reader_gives_read_raws_interactions(
+    tmp_path, monkeypatch, style, sep, timestamp, min_rating
+):
+    path = write(tmp_path / "ratings.csv", _ratings_text(_ID_STYLES[style], sep=sep, timestamp=timestamp))
+    assert ncf_data._read_csv_fast(path, min_rating) is not None  # the fast path does take this file
+    fast = ncf_data.load_raw(path, num_eval_negatives=5, min_rating=min_rating)
+    monkeypatch.setattr(ncf_data, "_read_csv_fast", lambda path, min_rating: None)
+    slow = ncf_data.load_raw(path, num_eval_negatives=5, min_rating=min_rating)
+    _assert_same_interactions(fast, slow)
+    if style == "leading_zeros":
+        assert "003" in fast.user_ids and "3" in fast.user_ids
+    if style == "ints":
+        assert all(type(x) is int for x in fast.user_ids)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "user,item,rating\n1,2,nan\n1,3,4\n",  # pandas reads nan as missing: an error there
+        "user,item,rating\n1,2,inf\n1,3,4\n",
+        "user,item,timestamp\n1,2,3\n1,3,soon\n",
+        "user,item,timestamp\n1,2,3\n1,3,1.5\n",  # pandas reads float times; not the int64 fast path
+        "user,item\n1,2\n,3\n",
+        "user,item\n1,2\n  ,3\n",
+        "user,item\n1,2\n1\n",
+        "user,item\n1,2\n1,2,3\n",
+        "user,user,item\n1,1,2\n1,1,3\n",  # pandas renames the second 'user' to 'user.1'
+        "user,item\n",
+        "\ufeffuser,item\n1,2\n1,3\n",
+    ],
+)
+def test_fast_csv_reader_declines_what_read_raw_must_judge(tmp_path: Path, text: str):
+    path = tmp_path / "r.csv"
+    path.write_text(text, encoding="utf-8")
+    # The BOM file may be read fast (pandas and pyarrow both drop the BOM); the others must not be.
+    fast = ncf_data._read_csv_fast(path, None)
+    if not text.startswith("\ufeff"):
+        assert fast is None
+    else:
+        assert fast is None or fast[1] == [1]
+
+
+def test_fast_csv_reader_declines_min_rating_without_rating(tmp_path: Path):
+    path = write(tmp_path / "r.csv", "user,item\n1,2\n1,3\n")
+    assert ncf_data._read_csv_fast(path, 3) is None
+
+
+@pytest.mark.parametrize("kind", ["int", "wide_int", "float", "none"])
+def test_chronological_order_is_lexsort_by_user_time_then_file_order(kind: str):
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 50, 5000)
+    times = {
+        "int": rng.integers(-5, 5, 5000),
+        "wide_int": rng.integers(-(2**62), 2**62, 5000),  # (users+1) * span overflows: lexsort itself
+        "float": rng.integers(0, 5, 5000) / 2,
+        "none": None,
+    }[kind]
+    expected = np.lexsort((np.arange(5000), np.arange(5000) if times is None else times, users))
+    assert np.array_equal(ncf_data._chronological_order(users, times), expected)
+
+
+def test_fast_csv_reader_declines_bad_utf8_in_a_column_it_does_not_use(tmp_path: Path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"user,item,comment\n1,2,ok\n1,3,\xff\n2,3,ok\n")
+    assert ncf_data._read_csv_fast(path, None) is None
+    with pytest.raises(DataError, match="cannot parse as CSV"):
+        ncf_data.load_raw(path, num_eval_negatives=1)
+
+
+def test_fast_csv_reader_logs_min_rating_once(tmp_path: Path, caplog):
+    caplog.set_level("INFO")
+    path = write(tmp_path / "r.csv", "user,item,rating\n1,10,5\n1,11,1\n1,12,4\n2,10,4\n2,11,5\n")
+    data = ncf_data.load_raw(path, min_rating=4, num_eval_negatives=0, validation=False)
+    assert data.num_items == 3 and caplog.text.count("1 of 5 rows have rating < 4") == 1

@@ -63,3 +63,48 @@ def test_positives_per_user_counts_distinct_items_on_both_paths(monkeypatch, den
     positives = sampling.PositiveSet(users, items, num_users=5, num_items=6)
     assert (positives._bitmap is not None) == dense
     assert positives.positives_per_user().tolist() == [2, 0, 2, 1, 0]
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_from_unique_keys_answers_as_the_constructor(monkeypatch, dense):
+    monkeypatch.setattr(sampling, "DENSE_BITMAP_MAX_CELLS", 10**9 if dense else 0)
+    _, users, items = dense_positives(num_users=20, num_items=15, density=0.3)
+    built = PositiveSet(users, items, 20, 15)
+    given = PositiveSet.from_unique_keys(torch.unique(users * 15 + items), 20, 15)
+    assert (given._bitmap is not None) == dense
+    assert torch.equal(given.positives_per_user(), built.positives_per_user())
+    qu, qi = torch.meshgrid(torch.arange(20), torch.arange(15), indexing="ij")
+    assert torch.equal(given.contains(qu.flatten(), qi.flatten()), built.contains(qu.flatten(), qi.flatten()))
+    rows = torch.arange(20).repeat_interleave(3)
+    a = sample_distinct_negatives(rows, 3, built, torch.Generator().manual_seed(1))
+    b = sample_distinct_negatives(rows, 3, given, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def _distinct_negatives_sorting_every_row(users, num_negatives, positives, generator):
+    """sample_distinct_negatives as it was: every row sorted again in every round."""
+    rows = users.repeat_interleave(num_negatives).view(-1, num_negatives)
+    neg = sample_negatives(rows.reshape(-1), positives, generator).view(-1, num_negatives)
+    while True:
+        order = neg.argsort(dim=1)
+        ordered = neg.gather(1, order)
+        dup_sorted = torch.zeros_like(neg, dtype=torch.bool)
+        dup_sorted[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+        if not bool(dup_sorted.any()):
+            return neg
+        dup = torch.zeros_like(dup_sorted).scatter_(1, order, dup_sorted)
+        neg[dup] = sample_negatives(rows[dup], positives, generator)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_distinct_negatives_draw_as_when_every_row_was_sorted_every_round(seed: int):
+    # 12 of 40 items per user: duplicates in most rows, and several rounds to clear them.
+    _, users, items = dense_positives(num_users=300, num_items=40, density=0.5, seed=seed)
+    positives = PositiveSet(users, items, 300, 40)
+    spare = 40 - int(positives.positives_per_user().max())
+    rows = torch.arange(300)
+    a = sample_distinct_negatives(rows, min(12, spare), positives, torch.Generator().manual_seed(seed))
+    b = _distinct_negatives_sorting_every_row(
+        rows, min(12, spare), positives, torch.Generator().manual_seed(seed)
+    )
+    assert torch.equal(a, b)
