@@ -26,6 +26,6 @@ def test_an_epoch_is_timed_and_extrapolated_to_twenty():
     candidates = np.concatenate([np.arange(40)[:, None], rng.integers(0, 24, (40, 11))], 1)
     out = ref.time_epoch(users, items, 40, 24, candidates, batches=3, sample_pairs=50, eval_users=4)
     assert out["workshop_batches_timed"] == 3
-    assert out["workshop_epoch_s"] > 0 and out["workshop_eval_s"] > 0
+    assert out["workshop_epoch_s"] > 0 and out["workshop_eval_s"] >= 0  # 4 users: may round to 0.0
     # 20 epochs of the (rounded) epoch time.
     assert abs(out["workshop_time_to_hr_070_s"] - 20 * out["workshop_epoch_s"]) <= 1.0
