@@ -163,7 +163,10 @@ def measure(
     checkpoints = Path(tempfile.mkdtemp(dir=workdir, prefix="ckpt-"))
     trainer = Trainer(data, config, checkpoint_dir=checkpoints, should_stop=stop_after)
     steps = trainer.steps_per_epoch()
-    out["embedding_updates"] = "lazy" if trainer.lazy is not None else "dense"
+    out["embedding_updates"] = {
+        side: "lazy" if lazy else "dense"
+        for side, lazy in zip(("users", "items"), trainer.lazy_sides, strict=True)
+    }
     t = time.perf_counter()
     finished = trainer._train_epoch(1)
     train_s = time.perf_counter() - t

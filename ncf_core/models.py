@@ -121,16 +121,18 @@ class NCF(nn.Module):
         projected once; the trainer passes the rows of a batch's distinct ids (their gradient is then
         all a row-sparse optimiser needs).
         """
+        # Gathers go through ``embedding``: its backward (a dense scatter-add) was ~10x faster on CPU
+        # than advanced indexing's (``index_put_`` with accumulate) at 32k samples a step.
         g = p = None
         if gmf_rows is not None:
-            g = gmf_rows if index is None else gmf_rows[index]
+            g = gmf_rows if index is None else F.embedding(index, gmf_rows)
         if mlp_rows is not None:
             first = self.mlp_layers[0]
             dim = self.config.mlp_embedding_dim
             w = first.weight[:, :dim] if which == 0 else first.weight[:, dim:]
             p = F.linear(mlp_rows, w, first.bias if which == 1 else None)
             if index is not None:
-                p = p[index]
+                p = F.embedding(index, p)
         return g, p
 
     def _side(self, idx: torch.Tensor | None, which: int) -> Side:

@@ -101,20 +101,27 @@ def test_an_epoch_visits_each_positive_once_with_fresh_negatives_of_its_user(pla
     assert not torch.equal(a, b)  # re-sampled every epoch
 
 
-def test_auto_embedding_updates_are_lazy_when_the_tables_outnumber_a_batch(planted):
-    rows = planted.num_users + planted.num_items
-    assert Trainer(planted, replace(FAST, batch_size=rows + 1)).lazy is None
-    lazy = Trainer(planted, replace(FAST, batch_size=rows - 1)).lazy
-    assert lazy is not None and len(lazy.tables) == 4  # NeuMF: GMF and MLP tables of both sides
+def test_auto_embedding_updates_are_lazy_for_a_side_whose_tables_outnumber_a_batch(planted):
+    users, items = planted.num_users, planted.num_items  # 240 and 120
+    assert Trainer(planted, replace(FAST, batch_size=users)).lazy is None
+    mixed = Trainer(planted, replace(FAST, batch_size=users - 1))
+    assert mixed.lazy_sides == (True, False) and len(mixed.lazy.tables) == 2  # the user GMF and MLP tables
+    both = Trainer(planted, replace(FAST, batch_size=items - 1))
+    assert both.lazy_sides == (True, True) and len(both.lazy.tables) == 4
     assert len(Trainer(planted, replace(FAST, model="gmf", embedding_updates="lazy")).lazy.tables) == 2
     # Data-parallel training keeps dense updates (DDP all-reduces dense gradients only).
     with pytest.raises(ConfigError, match="embedding_updates=lazy needs one process"):
         Trainer(planted, replace(FAST, embedding_updates="lazy"), dist=Distributed(rank=0, world_size=2))
 
 
+def test_lazy_users_with_dense_items_learn_the_planted_structure(planted):
+    result = train(planted, replace(FAST, epochs=8, batch_size=200))  # auto: 240 users > 200, 120 items
+    assert result.test.hr > 0.6, result.history
+
+
 def test_a_checkpoint_of_the_other_embedding_updates_is_refused(planted, tmp_path: Path, monkeypatch):
     Trainer(planted, FAST, checkpoint_dir=tmp_path).save_checkpoint()  # auto: dense on this data
-    monkeypatch.setattr(Trainer, "_lazy_embeddings", lambda self: True)  # as auto does with one process fewer
+    monkeypatch.setattr(Trainer, "_lazy_sides", lambda self: (True, True))  # as auto with one process fewer
     with pytest.raises(ConfigError, match=r"written with dense embedding updates .* embedding_updates=dense"):
         Trainer(planted, FAST, checkpoint_dir=tmp_path).resume()
 
