@@ -14,6 +14,7 @@ computed once at load.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -68,6 +69,8 @@ class ModelConfig:
 
 # A side (user or item) of the network: (GMF embedding or None, first-MLP-layer projection or None).
 Side = tuple[torch.Tensor | None, torch.Tensor | None]
+# (side, table: 0 GMF / 1 MLP, distinct ids) -> those rows of that table.
+RowFetch = Callable[[int, int, torch.Tensor], torch.Tensor]
 
 
 class NCF(nn.Module):
@@ -135,25 +138,32 @@ class NCF(nn.Module):
                 p = F.embedding(index, p)
         return g, p
 
-    def _side(self, idx: torch.Tensor | None, which: int) -> Side:
-        gmf, mlp = self.embeddings(which)
-        tables = [None if e is None else e.weight for e in (gmf, mlp)]
+    def side(self, idx: torch.Tensor | None, which: int, fetch_rows: RowFetch | None = None) -> Side:
+        """The user (0) or item (1) side for ids ``idx`` of any shape (all of them if None).
+
+        ``fetch_rows(which, table, ids)`` returns the rows ``ids`` (distinct) of table 0 (GMF) or 1 (MLP)
+        of that side; the default gathers them from the embedding weights, the trainer passes one that
+        hands out leaves for row-sparse updates. Ids repeat (a positive and its negatives share a user), so
+        the rows of the distinct ids are fetched and projected once.
+        """
+        tables = [None if e is None else e.weight for e in self.embeddings(which)]
         if idx is None:
             return self.side_from_rows(*tables, None, which)
-        if mlp is None or idx.numel() > mlp.num_embeddings:  # nothing to project, or the whole table
-            return self.side_from_rows(*tables, idx, which)
-        # Project the rows of the distinct ids only: ids repeat (a positive and its negatives share a user).
+        mlp = tables[1]
+        if fetch_rows is None and (mlp is None or idx.numel() > mlp.shape[0]):
+            return self.side_from_rows(*tables, idx, which)  # nothing to project, or the whole table
         distinct, index = torch.unique(idx, return_inverse=True)
-        rows = [None if t is None else F.embedding(distinct, t) for t in tables]
+        fetch = fetch_rows or (lambda _which, k, ids: F.embedding(ids, tables[k]))
+        rows = [None if t is None else fetch(which, k, distinct) for k, t in enumerate(tables)]
         return self.side_from_rows(*rows, index, which)
 
     def user_side(self, users: torch.Tensor | None = None) -> Side:
         """User half of the network for ``users`` (all users if None)."""
-        return self._side(users, 0)
+        return self.side(users, 0)
 
     def item_side(self, items: torch.Tensor | None = None) -> Side:
         """Item half (first-layer bias included) for ``items`` (all items if None)."""
-        return self._side(items, 1)
+        return self.side(items, 1)
 
     def head(self, user: Side, item: Side) -> torch.Tensor:
         """Logits from a user side and an item side; broadcasts (one user against many items).
@@ -181,6 +191,8 @@ class NCF(nn.Module):
         return logits.squeeze(-1)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits of the pairs; ``users`` broadcasts against ``items`` (``[P]`` against ``[G, P]`` scores
+        each user's column of G items, and computes each user's side once)."""
         return self.head(self.user_side(users), self.item_side(items))
 
 

@@ -231,13 +231,14 @@ class Trainer:
         return (True, True) if mode == "lazy" else (False, False)
 
     def _lazy_adam(self) -> LazyAdam:
-        tables = [
-            e.weight
-            for which in (0, 1)
-            if self.lazy_sides[which]
-            for e in self.model.embeddings(which)
-            if e is not None
-        ]
+        """LazyAdam over the lazily updated tables; ``lazy_slots`` maps (side, table) to its index there."""
+        tables = []
+        self.lazy_slots: dict[tuple[int, int], int] = {}
+        for which in (0, 1):
+            for k, e in enumerate(self.model.embeddings(which)):
+                if self.lazy_sides[which] and e is not None:
+                    self.lazy_slots[which, k] = len(tables)
+                    tables.append(e.weight)
         return LazyAdam(tables, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     # ------------------------------------------------------------------ epoch data
@@ -280,25 +281,29 @@ class Trainer:
     def _forward(
         self, users: torch.Tensor, items: torch.Tensor
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Logits, and for lazy updates the (distinct ids, gathered rows) of each embedding table."""
+        """Logits of a step's samples, and for lazy updates the (distinct ids, gathered rows) of each
+        lazily updated table.
+
+        A step holds its positives' users once and then ``num_neg`` times again in the same order, so the
+        network sees ``users`` as ``[P]`` against ``items`` as ``[1 + num_neg, P]``: each sample's user side
+        is a broadcast, not a gather, and its gradient a sum over the group instead of a scatter (a tenth
+        of an ML-1M step).
+        """
+        groups = 1 + self.config.num_neg
+        users, items = users[: users.shape[0] // groups], items.view(groups, -1)
         if self.lazy is None:
-            return self.net(users, items), []
-        used: list[tuple[torch.Tensor, torch.Tensor]] = []
-        sides = []
-        for which, ids in ((0, users), (1, items)):
-            distinct, index = torch.unique(ids, return_inverse=True)
-            rows: list[torch.Tensor | None] = []
-            for table in self.model.embeddings(which):
-                if table is None:
-                    rows.append(None)
-                elif self.lazy_sides[which]:
-                    leaf = self.lazy.gather(len(used), distinct)
-                    used.append((distinct, leaf))
-                    rows.append(leaf)
-                else:  # a dense side: its gradient flows to the table, fused Adam updates all of it
-                    rows.append(F.embedding(distinct, table.weight))
-            sides.append(self.model.side_from_rows(rows[0], rows[1], index, which))
-        return self.model.head(sides[0], sides[1]), used
+            return self.net(users, items).reshape(-1), []
+        lazy, slot = self.lazy, self.lazy_slots
+        used: list[Any] = [None] * len(lazy.tables)  # in LazyAdam's order, whatever order sides come in
+
+        def fetch(which: int, table: int, ids: torch.Tensor) -> torch.Tensor:
+            k = slot[which, table]
+            used[k] = (ids, lazy.gather(k, ids))
+            return used[k][1]
+
+        user_side = self.model.side(users, 0, fetch if self.lazy_sides[0] else None)
+        item_side = self.model.side(items, 1, fetch if self.lazy_sides[1] else None)
+        return self.model.head(user_side, item_side).reshape(-1), used
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainResult:

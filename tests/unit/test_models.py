@@ -43,6 +43,18 @@ def test_one_user_against_all_items_broadcasts(model: NCF):
     assert scores.shape == (40,) and torch.allclose(scores, expected, atol=1e-6)
 
 
+def test_a_user_per_column_broadcasts_against_a_group_of_items_with_the_same_gradients(model: NCF):
+    """The trainer's layout: P users against [G, P] items (a positive and its negatives per column)."""
+    users, items = torch.randint(30, (7,)), torch.randint(40, (3, 7))
+    grouped = model(users, items)
+    grads = torch.autograd.grad(grouped.square().sum(), list(model.parameters()))
+    flat = model(users.repeat(3), items.reshape(-1))
+    expected = torch.autograd.grad(flat.square().sum(), list(model.parameters()))
+    assert grouped.shape == (3, 7) and torch.allclose(grouped.reshape(-1), flat, atol=1e-6)
+    for g, e in zip(grads, expected, strict=True):
+        assert torch.allclose(g, e, atol=1e-6)
+
+
 def test_gradients_reach_every_parameter(model: NCF):
     model(torch.randint(30, (64,)), torch.randint(40, (64,))).sum().backward()
     for name, p in model.named_parameters():
