@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_ml1m                      # NeuMF-32, 3 layers, no pre-training
     python -m benchmarks.train_ml1m --pretrain           # GMF + MLP first, then NeuMF from them
+    python -m benchmarks.train_ml1m --seeds 1,2,3        # three whole runs, then their mean
 
 Each run also times the workshop's training loop on the same machine (``benchmarks/workshop_reference.py``,
 ``--workshop-batches``, 0 to skip) and reports how many times faster this run was: per epoch, and to a
@@ -71,7 +72,7 @@ def run(stage: str, data, config: TrainConfig, initial_model=None):
     return train(data, config, on_epoch=on_epoch, initial_model=initial_model)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -81,19 +82,24 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--factor", type=int, default=32)
     parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--seeds", default="42", help="comma-separated seeds, one whole run each, then their mean"
+    )
     parser.add_argument("--pretrain", action="store_true", help="pre-train GMF and MLP, then NeuMF from them")
     parser.add_argument("--num-neg", type=int, default=None)
     parser.add_argument("--embedding-updates", choices=("auto", "dense", "lazy"), default=None)
     parser.add_argument(
         "--workshop-batches", type=int, default=2000, help="batches of the workshop loop to time (0: skip)"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict, ncf_data.Interactions]:
+    """One whole run (data split, training, evaluation) for ``seed``; its summary and its data."""
     t0 = time.perf_counter()
-    data = load_ml1m(args.seed)
+    data = load_ml1m(seed)
     load_s = time.perf_counter() - t0
-    base = TrainConfig(factor=args.factor, num_layers=args.layers, seed=args.seed)
+    base = TrainConfig(factor=args.factor, num_layers=args.layers, seed=seed)
     overrides = {
         k: v
         for k, v in (
@@ -120,42 +126,77 @@ def main() -> None:
     total_s = time.perf_counter() - t0
     # The 156 users whose own test item is among their negatives: how the choice moves the numbers.
     pessimistic = evaluate(result.model, data.test, 10, drop_duplicate_negatives=False)
-    resampled = evaluate(result.model, resampled_test(data, args.seed), 10)
+    resampled = evaluate(result.model, resampled_test(data, seed), 10)
     epochs = [h for h in result.history if "loss" in h]
     epoch_s = sum(h["train_s"] + h["eval_s"] for h in epochs) / max(len(epochs), 1)
-    reference = {}
-    if args.workshop_batches:
-        reference = workshop_reference.time_epoch(
-            data.train_users,
-            data.train_items,
-            data.num_users,
-            data.num_items,
-            np.concatenate([data.test.users[:, None], data.test.items[:, None], data.test.negatives], 1),
-            batches=args.workshop_batches,
+    summary = {
+        "summary": True,
+        "model": "neumf",
+        "pretrain": args.pretrain,
+        "seed": seed,
+        "load_s": round(load_s, 2),
+        "total_s": round(total_s, 2),
+        "epoch_s": round(epoch_s, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **result.summary(),
+        "hr_dup_negative_as_loss": round(pessimistic.hr, 6),
+        "ndcg_dup_negative_as_loss": round(pessimistic.ndcg, 6),
+        "resampled_hr": round(resampled.hr, 6),
+        "resampled_ndcg": round(resampled.ndcg, 6),
+        "stages": stages,
+    }
+    return summary, data
+
+
+def workshop_ratios(reference: dict, summary: dict) -> dict:
+    """How many times faster than the workshop's loop: per epoch, and to a kept model at HR@10 ≥ 0.70 and
+    NDCG@10 ≥ 0.42 (None when this run's kept epoch does not get there)."""
+    if not reference:
+        return {}
+    good = summary.get("hr", 0.0) >= 0.70 and summary.get("ndcg", 0.0) >= 0.42
+    return {
+        "x_faster_per_epoch": round(reference["workshop_epoch_s"] / summary["epoch_s"], 1),
+        "x_faster_to_hr_070": (
+            round(reference["workshop_time_to_hr_070_s"] / summary["total_s"], 1) if good else None
+        ),
+    }
+
+
+MEAN_KEYS = ("hr", "ndcg", "resampled_hr", "resampled_ndcg", "val_hr", "val_ndcg", "total_s", "epoch_s")
+
+
+def main() -> None:
+    args = parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    reference: dict = {}
+    summaries = []
+    for seed in seeds:
+        summary, data = run_seed(args, seed)
+        if args.workshop_batches and not reference:  # timed once, after the first run, on its data
+            reference = workshop_reference.time_epoch(
+                data.train_users,
+                data.train_items,
+                data.num_users,
+                data.num_items,
+                np.concatenate([data.test.users[:, None], data.test.items[:, None], data.test.negatives], 1),
+                batches=args.workshop_batches,
+            )
+        summary |= reference | workshop_ratios(reference, summary)
+        summaries.append(summary)
+        emit(summary)
+    if len(seeds) > 1:
+        mean = {k: round(float(np.mean([s[k] for s in summaries])), 6) for k in MEAN_KEYS}
+        emit(
+            {
+                "mean_of_seeds": seeds,
+                "pretrain": args.pretrain,
+                **mean,
+                "min_hr": round(min(s["hr"] for s in summaries), 6),
+                "min_resampled_hr": round(min(s["resampled_hr"] for s in summaries), 6),
+                "best_epochs": [s["best_epoch"] for s in summaries],
+                **workshop_ratios(reference, mean),
+            }
         )
-        reference["x_faster_per_epoch"] = round(reference["workshop_epoch_s"] / epoch_s, 1)
-        good = result.test is not None and result.test.hr >= 0.70
-        reference["x_faster_to_hr_070"] = (
-            round(reference["workshop_time_to_hr_070_s"] / total_s, 1) if good else None
-        )
-    emit(
-        {
-            "summary": True,
-            "model": "neumf",
-            "pretrain": args.pretrain,
-            "load_s": round(load_s, 2),
-            "total_s": round(total_s, 2),
-            "epoch_s": round(epoch_s, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            **result.summary(),
-            "hr_dup_negative_as_loss": round(pessimistic.hr, 6),
-            "ndcg_dup_negative_as_loss": round(pessimistic.ndcg, 6),
-            "resampled_hr": round(resampled.hr, 6),
-            "resampled_ndcg": round(resampled.ndcg, 6),
-            "stages": stages,
-            **reference,
-        }
-    )
 
 
 # Pre-training (the paper's recipe, Adam everywhere): GMF and MLP trained apart with 8 negatives (both gain
