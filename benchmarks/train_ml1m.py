@@ -204,7 +204,7 @@ def main() -> None:
 # with a tiny constant lr. The combination alone is already strong (epoch 0 of the fine-tuning stage, a
 # candidate for the kept epoch); lr 1e-4 fine-tuning made it worse.
 PRETRAIN = {
-    "gmf": {"epochs": 20, "num_neg": 8},
+    "gmf": {"epochs": 20, "lr": 0.01, "num_neg": 8},
     "mlp": {"epochs": 12, "lr": 0.006, "num_neg": 8},
     "neumf": {"epochs": 2, "lr": 1e-5, "lr_decay": 1.0},
 }

@@ -82,13 +82,13 @@ class TrainConfig:
     num_layers: int = field(default=3, metadata=spec("MLP layers (halving tower)", flag="--layers"))
     dropout: float = field(default=0.0, metadata=spec("dropout after MLP layers"))
     epochs: int = field(
-        default=10,
+        default=6,
         metadata=spec("epochs (the kept one is picked on validation)", aliases=("num_epochs",)),
     )
     batch_size: int = field(
         default=32768, metadata=spec("training batch (on small data sets pass a smaller one)")
     )
-    lr: float = field(default=0.01, metadata=spec("Adam learning rate (start)", aliases=("learning_rate",)))
+    lr: float = field(default=0.03, metadata=spec("Adam learning rate (start)", aliases=("learning_rate",)))
     num_neg: int = field(
         default=5,
         metadata=spec(
