@@ -30,6 +30,7 @@ WORKERS = 2
 def server(model_dir, tmp_path_factory):
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(WORKERS), "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}
     with running_server(tmp_path_factory.mktemp("http"), model_dir, env) as srv:
+        srv.wait_workers_ready(WORKERS)  # every answer below comes from a worker with its model
         yield srv
 
 

@@ -140,6 +140,15 @@ class Server:
             time.sleep(0.05)
         pytest.fail(f"/ping not 200 within {timeout} s (last: {last}):\n{self.log()}")
 
+    def wait_workers_ready(self, workers: int, timeout: float = 60) -> None:
+        """Wait until ``workers`` workers have logged their model ready: /ping says 200 as soon as one
+        has, and a worker still loading answers it with another message (``ServingApp._ping``)."""
+        deadline = time.monotonic() + timeout
+        while self.log().count(" ready in ") < workers:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{workers} workers not ready within {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
