@@ -69,7 +69,6 @@ def main() -> None:
             line = {"body": name, "bytes": len(body), "parser": parser, "parse_s": round(parse_s, 3)}
             print(json.dumps(line | {"max_stall_ms": round(stall_ms, 1)}), flush=True)
             docs.append(doc)
-            del doc
         assert docs[1] is not None and docs[0] == docs[1], f"{name}: the sliced parse differs"
         del docs
         gc.collect()

@@ -49,35 +49,36 @@ class _NotSliceable(Exception):
     """The document is not one this module slices (or it is invalid): parse it whole."""
 
 
-def _escaped_quotes(b: np.ndarray) -> np.ndarray | None:
-    """Positions of the quotes that are text, not string ends (after an odd run of backslashes)."""
-    quotes = np.flatnonzero(b == _QUOTE)
-    after_backslash = quotes[(quotes > 0) & (b[np.maximum(quotes - 1, 0)] == _BACKSLASH)]
-    if len(after_backslash) > MAX_ESCAPED_QUOTES:
-        return None
-    escaped = []
+def _unmark_escaped(b: np.ndarray, start: int, quote: np.ndarray, budget: int) -> int:
+    """Clear the quotes of the block at ``start`` that are text, not string ends (after an odd run of
+    backslashes); returns how many quotes after a backslash it looked at (more than ``budget``: none)."""
+    after_backslash = np.flatnonzero(quote) + start
+    after_backslash = after_backslash[
+        (after_backslash > 0) & (b[np.maximum(after_backslash - 1, 0)] == _BACKSLASH)
+    ]
+    if len(after_backslash) > budget:
+        raise _NotSliceable
     for q in after_backslash.tolist():
         run = 0
         while q - run - 1 >= 0 and b[q - run - 1] == _BACKSLASH:
             run += 1
         if run % 2:
-            escaped.append(q)
-    return np.asarray(escaped, dtype=np.int64)
+            quote[q - start] = False
+    return len(after_backslash)
 
 
-def _scan(b: np.ndarray, escaped: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _scan(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The structure outside strings, a block at a time (bounded memory, short GIL holds).
 
     Returns every bracket's position, the depth after it and whether it opens a list, and the commas at
     depth 2 (between the elements of the top-level object's arrays).
     """
-    inside, level = 0, 0
+    inside, level, looked_at = 0, 0, 0
     positions, depths, lists, commas = [], [], [], []
     for start in range(0, len(b), SCAN_BLOCK):
         block = b[start : start + SCAN_BLOCK]
         quote = block == _QUOTE
-        mine = escaped[(escaped >= start) & (escaped < start + len(block))]
-        quote[mine - start] = False
+        looked_at += _unmark_escaped(b, start, quote, MAX_ESCAPED_QUOTES - looked_at)
         in_string = np.bitwise_xor.accumulate(quote.view(np.uint8)) ^ np.uint8(inside)
         inside = int(in_string[-1])
         outside = in_string == 0
@@ -97,10 +98,7 @@ def _scan(b: np.ndarray, escaped: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 def _loads(data: bytes, slice_bytes: int) -> Any | None:
     b = np.frombuffer(data, np.uint8)
-    escaped = _escaped_quotes(b)
-    if escaped is None:
-        return None
-    brackets, depth, lists, element_commas = _scan(b, escaped)
+    brackets, depth, lists, element_commas = _scan(b)
     if len(brackets) < 2:
         return None
     start = len(data) - len(data.lstrip(_WHITESPACE))
