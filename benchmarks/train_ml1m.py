@@ -79,6 +79,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--lr-decay", type=float, default=None)
     parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--mlp-weight-decay", type=float, default=None)
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--factor", type=int, default=32)
     parser.add_argument("--layers", type=int, default=3)
@@ -108,6 +109,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict, ncf_data.Intera
             ("lr", args.lr),
             ("lr_decay", args.lr_decay),
             ("weight_decay", args.weight_decay),
+            ("mlp_weight_decay", args.mlp_weight_decay),
             ("dropout", args.dropout),
             ("num_neg", args.num_neg),
             ("embedding_updates", args.embedding_updates),

@@ -73,7 +73,8 @@ class Entry(_Spec):
 @dataclass
 class TrainConfig:
     """The model and how it is trained. The defaults were tuned on ML-1M with NeuMF-32: large batches with a
-    higher, linearly decayed learning rate and a little L2 (the figures: README, "Results")."""
+    higher, linearly decayed learning rate and a little L2, ten times more on the MLP part (the figures:
+    README, "Results")."""
 
     model: str = field(default="neumf", metadata=spec("`gmf`, `mlp` or `neumf`", choices=MODEL_TYPES))
     factor: int = field(
@@ -98,7 +99,16 @@ class TrainConfig:
     )
     top_k: int = field(default=DEFAULT_TOP_K, metadata=spec("K of HR@K / NDCG@K"))
     seed: int = field(default=42, metadata=spec("seeds the validation split, negatives, shuffling, dropout"))
-    weight_decay: float = field(default=1e-6, metadata=spec("Adam L2 weight decay"))
+    weight_decay: float = field(
+        default=1e-6, metadata=spec("Adam L2 weight decay (GMF embeddings and the output layer)")
+    )
+    mlp_weight_decay: float = field(
+        default=1e-5,
+        metadata=spec(
+            "Adam L2 weight decay of the MLP part (its embeddings and tower), which overfits at GMF's; "
+            "NeuMF and MLP only"
+        ),
+    )
     lr_decay: float = field(
         default=0.1,
         metadata=spec("the learning rate falls linearly to `lr × lr_decay` by the last step (1 = constant)"),
@@ -142,6 +152,7 @@ class TrainConfig:
             (self.num_neg >= 1, f"num_neg must be ≥ 1, got {self.num_neg}"),
             (self.top_k >= 1, f"top_k must be ≥ 1, got {self.top_k}"),
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
+            (self.mlp_weight_decay >= 0, f"mlp_weight_decay must be ≥ 0, got {self.mlp_weight_decay}"),
             (0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}"),
             (self.patience >= 0, f"patience must be ≥ 0, got {self.patience}"),
             (

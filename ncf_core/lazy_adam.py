@@ -10,6 +10,7 @@ bias correction, L2 weight decay added to their gradient) and leaves every other
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,13 +25,18 @@ class LazyAdam:
         lr: float,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | Sequence[float] = 0.0,
     ):
+        """``weight_decay``: one for every table, or one per table (NeuMF's MLP tables take more)."""
         self.tables = tables
         self.lr = lr
         self.betas = betas
         self.eps = eps
-        self.weight_decay = weight_decay
+        if isinstance(weight_decay, int | float):
+            weight_decay = [float(weight_decay)] * len(tables)
+        if len(weight_decay) != len(tables):
+            raise ValueError(f"{len(weight_decay)} weight decays for {len(tables)} tables")
+        self.weight_decay = list(weight_decay)
         self.steps = 0
         self.exp_avg = [torch.zeros_like(t) for t in tables]
         self.exp_avg_sq = [torch.zeros_like(t) for t in tables]
@@ -46,15 +52,15 @@ class LazyAdam:
         beta1, beta2 = self.betas
         bias1 = 1.0 - beta1**self.steps
         bias2 = 1.0 - beta2**self.steps
-        for table, m_all, v_all, (ids, leaf) in zip(
-            self.tables, self.exp_avg, self.exp_avg_sq, rows, strict=True
+        for table, decay, m_all, v_all, (ids, leaf) in zip(
+            self.tables, self.weight_decay, self.exp_avg, self.exp_avg_sq, rows, strict=True
         ):
             grad = leaf.grad
             if grad is None:
                 continue
             params = leaf.detach()  # the rows as gathered: the values the gradient was taken at
-            if self.weight_decay:
-                grad = grad.add(params, alpha=self.weight_decay)
+            if decay:
+                grad = grad.add(params, alpha=decay)
             m = m_all.index_select(0, ids).mul_(beta1).add_(grad, alpha=1.0 - beta1)
             v = v_all.index_select(0, ids).mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
             m_all.index_copy_(0, ids, m)

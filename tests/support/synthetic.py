@@ -12,7 +12,7 @@ __all__ = ["SMALL_DATA", "planted_interactions", "write_ncf_files", "write_ratin
 
 # Tests train on tiny data: pin the settings the defaults tune for ML-1M (5 negatives, decay, L2),
 # so that retuning the defaults cannot make these tests flaky.
-SMALL_DATA = {"num_neg": 4, "lr_decay": 1.0, "weight_decay": 0.0}
+SMALL_DATA = {"num_neg": 4, "lr_decay": 1.0, "weight_decay": 0.0, "mlp_weight_decay": 0.0}
 
 
 def write_ncf_files(prefix: Path, seed: int = 0, negatives: int = 20, **kwargs) -> Path:

@@ -61,3 +61,30 @@ def test_state_for_another_table_shape_is_refused():
     a = LazyAdam([torch.zeros(5, 2)], lr=0.1)
     with pytest.raises(ValueError, match=r"shape \(5, 2\) for a table of \(6, 2\)"):
         LazyAdam([torch.zeros(6, 2)], lr=0.1).load_state_dict(a.state_dict())
+
+
+def test_each_table_takes_its_own_weight_decay():
+    """NeuMF's MLP tables decay more than its GMF ones: per table, LazyAdam is Adam at that table's decay."""
+    torch.manual_seed(0)
+    tables = [torch.randn(6, 3), torch.randn(6, 3)]
+    dense = [torch.nn.Parameter(t.clone()) for t in tables]
+    decays = (0.0, 0.5)
+    reference = [torch.optim.Adam([d], lr=0.05, weight_decay=wd) for d, wd in zip(dense, decays, strict=True)]
+    lazy = LazyAdam([t.clone() for t in tables], lr=0.05, weight_decay=list(decays))
+    every = torch.arange(6)
+    for _ in range(4):
+        leaves = [lazy.gather(k, every) for k in (0, 1)]
+        for d, leaf, opt in zip(dense, leaves, reference, strict=True):
+            opt.zero_grad()
+            (d**2).sum().backward()
+            opt.step()
+            (leaf**2).sum().backward()
+        lazy.step([(every, leaf) for leaf in leaves])
+    for d, mine in zip(dense, lazy.tables, strict=True):
+        assert torch.allclose(d.detach(), mine, atol=1e-6)
+    assert lazy.tables[1].norm() < lazy.tables[0].norm()  # the decay was applied where asked
+
+
+def test_a_weight_decay_per_table_must_match_the_tables():
+    with pytest.raises(ValueError, match="2 weight decays for 1 tables"):
+        LazyAdam([torch.zeros(2, 2)], lr=0.1, weight_decay=[0.0, 0.1])

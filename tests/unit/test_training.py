@@ -114,6 +114,22 @@ def test_auto_embedding_updates_are_lazy_for_a_side_whose_tables_outnumber_a_bat
         Trainer(planted, replace(FAST, embedding_updates="lazy"), dist=Distributed(rank=0, world_size=2))
 
 
+@pytest.mark.parametrize("updates", ["dense", "lazy"])
+def test_the_mlp_part_takes_mlp_weight_decay_and_the_gmf_part_weight_decay(planted, updates):
+    """A strong decay on one part shrinks that part's tables and leaves the other part's as without it."""
+    norms = {}
+    for name, decays in {"none": (0.0, 0.0), "mlp": (0.0, 0.5), "gmf": (0.5, 0.0)}.items():
+        cfg = replace(FAST, epochs=2, embedding_updates=updates)
+        cfg = replace(cfg, weight_decay=decays[0], mlp_weight_decay=decays[1])
+        model = Trainer(planted, cfg).fit().model
+        tables = ("embed_item_gmf", "embed_item_mlp")
+        norms[name] = {t: getattr(model, t).weight.norm().item() for t in tables}
+    assert norms["mlp"]["embed_item_mlp"] < 0.5 * norms["none"]["embed_item_mlp"], norms
+    assert norms["mlp"]["embed_item_gmf"] > 0.8 * norms["none"]["embed_item_gmf"], norms
+    assert norms["gmf"]["embed_item_gmf"] < 0.5 * norms["none"]["embed_item_gmf"], norms
+    assert norms["gmf"]["embed_item_mlp"] > 0.8 * norms["none"]["embed_item_mlp"], norms
+
+
 def test_lazy_users_with_dense_items_learn_the_planted_structure(planted):
     result = train(planted, replace(FAST, epochs=8, batch_size=200))  # auto: 240 users > 200, 120 items
     assert result.test.hr > 0.6, result.history
