@@ -1,7 +1,7 @@
 """Training and serving cost at MovieLens-20M scale, on synthetic data of ML-20M's shape; JSON lines.
 
-    python -m benchmarks.scale_bench                       # 1M and 5M interactions
-    python -m benchmarks.scale_bench --sizes 1M,5M,20M --max-steps 300
+    python -m benchmarks.scale_bench                          # 1M and 5M interactions, one epoch each
+    python -m benchmarks.scale_bench --sizes 1M,5M,20M --epochs 3
 
 (from the repository root). For each size a ``ratings.csv`` in ML-20M's format (``userId,movieId,rating,
 timestamp``; written once into ``--workdir`` and reused) goes through the same path a real one takes —
@@ -9,11 +9,13 @@ timestamp``; written once into ``--workdir`` and reused) goes through the same p
 ``Trainer`` with today's defaults, evaluation, a checkpoint, the artifact and ``Recommender`` — in a fresh
 process per size, so its peak RSS is that size's own. One JSON line per size:
 
-- ``load_split_s``; ``epoch_s`` and ``samples_per_s`` (an epoch's training, negatives included; with
-  ``--max-steps`` the first steps only, ``epoch_s`` then extrapolated to the whole epoch);
-- ``eval_s`` (HR@10/NDCG@10 over every test user, figures included: the planted groups make them
-  meaningful); ``checkpoint_mb``/``checkpoint_s``; ``artifact_load_s``; ``top10_all_items_ms`` (median
-  over 50 users); ``peak_rss_mb``.
+- ``load_split_s``; ``popularity_hr``/``popularity_ndcg`` (the test users ranked by training popularity);
+- per whole epoch (never extrapolated from its first steps: a slowdown once set in minutes into a 20M
+  epoch): ``train_s``, ``samples_per_s`` and the rates of its first and last tenth of steps, ``eval_s``
+  (validation and test, every user), test ``hr``/``ndcg``, the ReLU units that never fire per MLP layer
+  and the largest share of subnormal values in any weight (``ncf_core.health``);
+- ``test_eval_s`` (the test users alone), ``checkpoint_mb``/``checkpoint_s``; ``artifact_load_s``;
+  ``top10_all_items_ms`` (median over 50 users); ``peak_rss_mb``.
 
 The generator: 138,493 users and 26,744 items at 20M interactions (users scale with the size, so each
 still has ML-20M's ~144 on average), every user ≥ 20 interactions (log-normal tail), Zipf-like item
@@ -132,16 +134,36 @@ def generate(path: Path, pairs: int, seed: int = 0) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- one size
-def measure(
-    csv: Path, max_steps: int | None, workdir: Path, embedding_updates: str = "auto"
-) -> dict[str, Any]:
+def tenth_rates(marks: list[tuple[int, float]]) -> tuple[int, int]:
+    """Samples per second over an epoch's first and last tenth of steps (``Trainer.epoch_marks``)."""
+    (s0, t0), (s1, t1) = marks[0], marks[1]
+    (s8, t8), (s9, t9) = marks[-2], marks[-1]
+    return round((s1 - s0) / (t1 - t0)), round((s9 - s8) / (t9 - t8))
+
+
+def popularity_metrics(data: Any, k: int) -> dict[str, float]:
+    """HR@k / NDCG@k of ranking each user's test candidates by training popularity: the bar a model must
+    clear to have learnt anything personal."""
+    from ncf_core.evaluation import evaluate_scores
+
+    pop = np.bincount(data.train_items, minlength=data.num_items).astype(np.float64)
+    m = evaluate_scores(pop[data.test.items], pop[data.test.negatives], k)
+    return {"popularity_hr": round(m.hr, 4), "popularity_ndcg": round(m.ndcg, 4)}
+
+
+def measure(csv: Path, epochs: int, workdir: Path, embedding_updates: str = "auto") -> dict[str, Any]:
+    from ncf_core import runtime
+
+    runtime.flush_denormals()  # first, as the programs do (before torch's threads start)
+
     import torch
 
     from ncf_core import data as ncf_data
     from ncf_core.evaluation import evaluate
+    from ncf_core.health import network_health
     from ncf_core.inference import Recommender
     from ncf_core.pipeline import save_artifact
-    from ncf_core.training import TrainConfig, Trainer
+    from ncf_core.training import EpochReport, TrainConfig, Trainer
 
     out: dict[str, Any] = {}
     t = time.perf_counter()
@@ -152,42 +174,53 @@ def measure(
         len(data.item_ids),
         len(data.train_users),
     )
-    config = TrainConfig(epochs=1, device="cpu", embedding_updates=embedding_updates)
-    steps_done = 0
-
-    def stop_after() -> bool:
-        nonlocal steps_done
-        steps_done += 1
-        return max_steps is not None and steps_done >= max_steps
-
+    config = TrainConfig(epochs=epochs, device="cpu", embedding_updates=embedding_updates)
+    out |= popularity_metrics(data, config.top_k)
     checkpoints = Path(tempfile.mkdtemp(dir=workdir, prefix="ckpt-"))
-    trainer = Trainer(data, config, checkpoint_dir=checkpoints, should_stop=stop_after)
-    steps = trainer.steps_per_epoch()
+    per_epoch: list[dict[str, Any]] = []
+    trainer = Trainer(data, config, checkpoint_dir=checkpoints)
+
+    def on_epoch(report: EpochReport) -> None:
+        first, last = tenth_rates(trainer.epoch_marks)
+        health = network_health(trainer.model)
+        line = {
+            "epoch": report.epoch,
+            "train_s": round(report.train_s, 1),
+            "samples_per_s": round(trainer.epoch_samples / report.train_s),
+            "first_tenth_samples_per_s": first,
+            "last_tenth_samples_per_s": last,
+            "eval_s": round(report.eval_s, 1),  # validation and test, every user of each
+            "hr": round(report.test.hr, 4),
+            "ndcg": round(report.test.ndcg, 4),
+            "dead_units": [round(h.dead_units, 3) for h in health if h.dead_units is not None],
+            "subnormal_max": round(max(h.subnormal for h in health), 4),
+        }
+        per_epoch.append(line)
+        print(json.dumps(line), file=sys.stderr, flush=True)
+
+    trainer.on_epoch = on_epoch
+    out["steps_per_epoch"] = trainer.steps_per_epoch()
     out["embedding_updates"] = {
         side: "lazy" if lazy else "dense"
         for side, lazy in zip(("users", "items"), trainer.lazy_sides, strict=True)
     }
     t = time.perf_counter()
-    finished = trainer._train_epoch(1)
-    train_s = time.perf_counter() - t
-    samples = trainer.epoch_samples
-    out["steps_per_epoch"] = steps
-    out["steps_timed"] = trainer.step_in_epoch if not finished else steps
-    out["samples_per_s"] = round(samples / train_s)
-    out["epoch_s"] = round(train_s * steps / max(1, out["steps_timed"]), 1)
-    out["epoch_extrapolated"] = not finished
+    trainer.fit()
+    out["fit_s"] = round(time.perf_counter() - t, 1)
+    out["epochs"] = per_epoch
+    train_s = sum(e["train_s"] for e in per_epoch)
+    out["samples_per_s"] = round(trainer.epoch_samples * len(per_epoch) / train_s)
     t = time.perf_counter()
-    metrics = evaluate(trainer.model, data.test, config.top_k, "cpu")
-    out["eval_s"] = round(time.perf_counter() - t, 1)
+    evaluate(trainer.model, data.test, config.top_k, "cpu")
+    out["test_eval_s"] = round(time.perf_counter() - t, 1)
     out["eval_users"] = len(data.test)
-    out |= {k: round(v, 4) for k, v in metrics.as_dict().items()}
     t = time.perf_counter()
     path = trainer.save_checkpoint()
     out["checkpoint_s"] = round(time.perf_counter() - t, 2)
     out["checkpoint_mb"] = round(path.stat().st_size / 2**20, 1) if path else None
     model_dir = Path(tempfile.mkdtemp(dir=workdir, prefix="model-"))
     save_artifact(model_dir, trainer.model, data)
-    del trainer, data
+    trainer = data = None  # free them before timing the load
     t = time.perf_counter()
     rec = Recommender.load(model_dir)
     out["artifact_load_s"] = round(time.perf_counter() - t, 2)
@@ -205,7 +238,7 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1M,5M", help="interactions per run, e.g. 1M,5M,20M")
-    parser.add_argument("--max-steps", type=int, help="time only the first steps of the epoch")
+    parser.add_argument("--epochs", type=int, default=1, help="whole epochs of training per size")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ncf-scale"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--embedding-updates", choices=("auto", "dense", "lazy"), default="auto")
@@ -214,7 +247,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.one is not None:
         csv = args.workdir / f"ratings-{args.one}-{args.seed}.csv"
-        print(json.dumps(measure(csv, args.max_steps, args.workdir, args.embedding_updates)))
+        print(json.dumps(measure(csv, args.epochs, args.workdir, args.embedding_updates)))
         return
     for size in map(parse_size, args.sizes.split(",")):
         csv = args.workdir / f"ratings-{size}-{args.seed}.csv"
@@ -233,11 +266,12 @@ def main() -> None:
             str(args.workdir),
         ]
         cmd += ["--seed", str(args.seed), "--embedding-updates", args.embedding_updates]
-        cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
+        cmd += ["--epochs", str(args.epochs)]
         t = time.perf_counter()
-        child = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        # The child's per-epoch lines go to stderr as they come (a 20M epoch takes minutes).
+        child = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
         if child.returncode != 0:
-            line["error"] = child.stderr[-2000:]
+            line["error"] = f"exit code {child.returncode}"
         else:
             line |= json.loads(child.stdout.strip().splitlines()[-1])
         line["wall_s"] = round(time.perf_counter() - t, 1)

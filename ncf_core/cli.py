@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command in ("train", "evaluate", "recommend"):
+        from .runtime import flush_denormals
+
+        flush_denormals()  # before any torch thread starts (runtime.py)
     try:
         return _run(args)
     except NcfError as exc:

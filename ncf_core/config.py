@@ -73,8 +73,8 @@ class Entry(_Spec):
 @dataclass
 class TrainConfig:
     """The model and how it is trained. The defaults were tuned on ML-1M with NeuMF-32: large batches with a
-    higher, linearly decayed learning rate and a little L2, ten times more on the MLP part (the figures:
-    README, "Results")."""
+    higher learning rate, warmed up and linearly decayed, and decoupled weight decay per epoch, ten times
+    more on the MLP part (the figures: README, "Results")."""
 
     model: str = field(default="neumf", metadata=spec("`gmf`, `mlp` or `neumf`", choices=MODEL_TYPES))
     factor: int = field(
@@ -100,25 +100,35 @@ class TrainConfig:
     top_k: int = field(default=DEFAULT_TOP_K, metadata=spec("K of HR@K / NDCG@K"))
     seed: int = field(default=42, metadata=spec("seeds the validation split, negatives, shuffling, dropout"))
     weight_decay: float = field(
-        default=1e-6, metadata=spec("Adam L2 weight decay (GMF embeddings and the output layer)")
+        default=20.0,
+        metadata=spec(
+            "decoupled (AdamW) weight decay per epoch of the GMF embeddings and the output layer: each step "
+            "multiplies them by `1 − lr × weight_decay / steps_per_epoch`, every row, used or not"
+        ),
     )
     mlp_weight_decay: float = field(
-        default=1e-5,
+        default=200.0,
         metadata=spec(
-            "Adam L2 weight decay of the MLP part (its embeddings and tower), which overfits at GMF's; "
-            "NeuMF and MLP only"
+            "the same for the MLP part (its embeddings and tower), which overfits at GMF's; NeuMF, MLP only"
         ),
     )
     lr_decay: float = field(
         default=0.1,
         metadata=spec("the learning rate falls linearly to `lr × lr_decay` by the last step (1 = constant)"),
     )
+    warmup_steps: int = field(
+        default=200,
+        metadata=spec(
+            "the learning rate rises linearly to `lr` over the first steps (at most a fifth of the run; 0 = "
+            "none): full-size Adam steps while the embeddings are still small kill MLP units for good"
+        ),
+    )
     embedding_updates: str = field(
         default="auto",
         metadata=spec(
             "`dense`: Adam moves every embedding row each step; `lazy`: only the rows the step used (cost "
-            "per sample independent of the catalogue); `auto`: lazy when the tables have more rows than a "
-            "batch has samples (one process)",
+            "per sample independent of the catalogue; the weight decay others owe is paid when they are "
+            "next used); `auto`: lazy when the tables have more rows than a batch has samples (one process)",
             choices=EMBEDDING_UPDATES,
         ),
     )
@@ -154,6 +164,7 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
             (self.mlp_weight_decay >= 0, f"mlp_weight_decay must be ≥ 0, got {self.mlp_weight_decay}"),
             (0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be ≥ 0, got {self.warmup_steps}"),
             (self.patience >= 0, f"patience must be ≥ 0, got {self.patience}"),
             (
                 self.embedding_updates in EMBEDDING_UPDATES,

@@ -38,6 +38,7 @@ from . import artifact as artifact_io
 from .config import DEFAULT_TOP_K
 from .errors import NcfError, UnknownIdError
 from .models import NCF
+from .runtime import flush_denormals
 
 log = logging.getLogger("ncf_core.inference")
 
@@ -147,6 +148,7 @@ class Recommender:
     def __init__(self, art: artifact_io.Artifact, device: str | torch.device = "cpu", backend: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        flush_denormals()  # a model with weights near zero must not score ~100x slower (runtime.py)
         self.artifact = art
         self.device = torch.device(device)
         self.model = art.model.to(self.device).eval()

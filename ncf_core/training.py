@@ -29,9 +29,10 @@ from .config import TrainConfig  # declared with the other settings; imported fr
 from .data import Interactions
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation import Metrics, evaluate
+from .health import warn_if_dying
 from .lazy_adam import LazyAdam
 from .models import NCF
-from .runtime import tune_allocator
+from .runtime import flush_denormals, tune_allocator
 from .sampling import PositiveSet, sample_negatives
 
 log = logging.getLogger("ncf_core.training")
@@ -102,6 +103,30 @@ class TrainResult:
         return d
 
 
+class RateMeter:
+    """Samples per second since the start (``average``) and lately (``recent``: each interval's rate,
+    exponentially averaged with weight ``RECENT_WEIGHT``: a change of rate shows within an interval or two).
+    """
+
+    RECENT_WEIGHT = 0.5
+
+    def __init__(self, start_s: float, start_samples: int = 0):
+        self.start_s, self.start_samples = start_s, start_samples
+        self.last_s, self.last_samples = start_s, start_samples
+        self.average = self.recent = 0.0
+
+    def update(self, samples: int, now_s: float) -> None:
+        if now_s <= self.last_s:
+            return
+        interval = (samples - self.last_samples) / (now_s - self.last_s)
+        first = self.last_s == self.start_s
+        self.recent = (
+            interval if first else self.RECENT_WEIGHT * interval + (1 - self.RECENT_WEIGHT) * self.recent
+        )
+        self.average = (samples - self.start_samples) / (now_s - self.start_s)
+        self.last_s, self.last_samples = now_s, samples
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,6 +160,7 @@ class Trainer:
                 "no test users: the data holds no held-out interaction to evaluate on", data.source or None
             )
         tune_allocator()
+        flush_denormals()
         self.data = data
         self.config = config
         self.dist = dist or Distributed()
@@ -148,6 +174,12 @@ class Trainer:
         model = initial_model or NCF(config.model_config(data.num_users, data.num_items))
         if (model.config.num_users, model.config.num_items) != (data.num_users, data.num_items):
             raise ConfigError("initial model was built for other user/item counts than the data")
+        if initial_model is None:
+            # The output bias starts at the log-odds of a positive among a step's samples (1 in 1 + num_neg):
+            # from 0, the first steps push every logit down, and Adam's steps of ~lr a weight killed the
+            # MLP units with a positive path to the output while the embeddings (N(0, 0.01)) were small.
+            with torch.no_grad():
+                model.predict_layer.bias.fill_(-math.log(config.num_neg))
         self.model = model.to(self.device)
         # A pre-trained start is itself a candidate for the kept model: fine-tuning can only be kept if it
         # beats the start on validation (on ML-1M the plain GMF+MLP combination is already strong).
@@ -159,22 +191,6 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        # Embedding tables are updated lazily (only the rows a step used) or densely, by Adam either way.
-        self.lazy = self._lazy_adam() if any(self.lazy_sides) else None
-        lazy_tables = {id(t) for t in self.lazy.tables} if self.lazy is not None else set()
-        # Fused Adam: one pass over each tensor instead of ~10 (dense embedding updates at ML-20M's 165k
-        # users and items: 296 ms of a 685 ms step unfused, ~46 ms fused).
-        # One group per weight decay (``decay_of``): the MLP part's and the rest's.
-        groups: dict[float, list[torch.nn.Parameter]] = {}
-        for p in self.model.parameters():
-            if id(p) not in lazy_tables:
-                groups.setdefault(self.decay_of(p), []).append(p)
-        self.optimizer = torch.optim.Adam(
-            [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()],
-            lr=config.lr,
-            fused=self.device.type in ("cpu", "cuda"),
-        )
-
         users = torch.from_numpy(data.train_users).to(self.device)
         items = torch.from_numpy(data.train_items).to(self.device)
         # Negatives exclude all training positives of the user (never val/test: that would leak them).
@@ -185,6 +201,25 @@ class Trainer:
         shard = torch.arange(self.dist.rank, math.ceil(len(users) / world) * world, world, device=self.device)
         shard = shard % len(users)
         self.users, self.items = users[shard], items[shard]
+
+        # Embedding tables are updated lazily (only the rows a step used) or densely, by AdamW either way.
+        # Fused AdamW: one pass over each tensor instead of ~10 (dense embedding updates at ML-20M's 165k
+        # users and items: 296 ms of a 685 ms step unfused, ~46 ms fused). Weight decay is decoupled from
+        # Adam's normalisation: L2 added to the gradient, as Adam(weight_decay=) does, moves a weight with
+        # no data gradient (a dead ReLU unit's, a row the data no longer pulls) by ~lr a step whatever the
+        # decay, which drove dead units' weights to zero and on into subnormals, and collapsed ML-20M's
+        # item embeddings (README, "Scale"). ``step_decay`` spreads each decay over an epoch's steps.
+        self.lazy = self._lazy_adam() if any(self.lazy_sides) else None
+        lazy_tables = {id(t) for t in self.lazy.tables} if self.lazy is not None else set()
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for p in self.model.parameters():
+            if id(p) not in lazy_tables:
+                groups.setdefault(self.step_decay(p), []).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()],
+            lr=config.lr,
+            fused=self.device.type in ("cpu", "cuda"),
+        )
 
         self._warn_if_few_steps()
         self.epochs_done = 0
@@ -198,6 +233,9 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_samples = 0
         self.epoch_train_s = 0.0
+        # (samples done, perf_counter) at the epoch's start and after each tenth of its steps: the rates of
+        # its first and last tenth (benchmarks/scale_bench.py) show a slowdown an average would hide.
+        self.epoch_marks: list[tuple[int, float]] = []
 
     def _warn_if_few_steps(self) -> None:
         """The defaults are tuned for ML-1M (6M samples an epoch, README "Results"); on small data the same
@@ -235,10 +273,17 @@ class Trainer:
         return (True, True) if mode == "lazy" else (False, False)
 
     def decay_of(self, param: torch.Tensor) -> float:
-        """The L2 weight decay of ``param``: ``mlp_weight_decay`` for the MLP part, else ``weight_decay``."""
+        """The weight decay of ``param`` per epoch: ``mlp_weight_decay`` for the MLP part, else
+        ``weight_decay``."""
         if any(param is p for p in self.model.mlp_parameters()):
             return self.config.mlp_weight_decay
         return self.config.weight_decay
+
+    def step_decay(self, param: torch.Tensor) -> float:
+        """AdamW's weight decay for ``param``: its decay per epoch over the epoch's steps, so that a step
+        multiplies it by ``1 - lr × decay / steps_per_epoch``. A decay per step would regularise 8x more
+        at an 8x smaller batch, or on data 20x larger, for the same epochs: per epoch it does not."""
+        return self.decay_of(param) / self.steps_per_epoch()
 
     def _lazy_adam(self) -> LazyAdam:
         """LazyAdam over the lazily updated tables; ``lazy_slots`` maps (side, table) to its index there."""
@@ -249,7 +294,7 @@ class Trainer:
                 if self.lazy_sides[which] and e is not None:
                     self.lazy_slots[which, k] = len(tables)
                     tables.append(e.weight)
-        return LazyAdam(tables, lr=self.config.lr, weight_decay=[self.decay_of(t) for t in tables])
+        return LazyAdam(tables, lr=self.config.lr, weight_decay=[self.step_decay(t) for t in tables])
 
     # ------------------------------------------------------------------ epoch data
     def positives_per_step(self) -> int:
@@ -343,12 +388,17 @@ class Trainer:
         return self.result(stopped)
 
     def _set_lr(self, epoch: int, step: int, steps: int) -> None:
-        """Linear decay over the whole run, a function of the global step only (so resume-safe)."""
+        """Linear warm-up, then linear decay over the whole run: a function of the global step only (so
+        resume-safe)."""
         cfg = self.config
-        if cfg.lr_decay == 1.0:
+        if cfg.lr_decay == 1.0 and not cfg.warmup_steps:
             return
-        progress = ((epoch - 1) * steps + step) / max(cfg.epochs * steps - 1, 1)
+        done = (epoch - 1) * steps + step
+        progress = done / max(cfg.epochs * steps - 1, 1)
         lr = cfg.lr * (1.0 - (1.0 - cfg.lr_decay) * min(progress, 1.0))
+        warmup = min(cfg.warmup_steps, cfg.epochs * steps // 5)  # never more than a fifth of the run
+        if done < warmup:
+            lr *= (done + 1) / (warmup + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.lazy is not None:
@@ -381,6 +431,10 @@ class Trainer:
         total = len(order) * (1 + cfg.num_neg)
         started_at, started_with = time.perf_counter(), self.epoch_samples
         next_progress = started_at + self.progress_interval_s
+        meter = RateMeter(started_at, started_with)
+        tenth = max(1, steps // 10)
+        if self.step_in_epoch == 0:
+            self.epoch_marks = [(0, started_at)]
         for step in range(self.step_in_epoch, steps):
             users, items, labels = self.step_batch(epoch, step, order)
             self._set_lr(epoch, step, steps)
@@ -394,10 +448,13 @@ class Trainer:
             loss_sum += loss.detach().double() * labels.shape[0]
             self.epoch_samples += int(labels.shape[0])
             self.step_in_epoch = step + 1
-            if self.dist.is_main and time.perf_counter() >= next_progress and self.step_in_epoch < steps:
-                now = time.perf_counter()
+            now = time.perf_counter()
+            if self.step_in_epoch % tenth == 0 or self.step_in_epoch == steps:
+                self.epoch_marks.append((self.epoch_samples, now))
+            if self.dist.is_main and now >= next_progress and self.step_in_epoch < steps:
                 next_progress = now + self.progress_interval_s
-                self._log_progress(epoch, total, (self.epoch_samples - started_with) / (now - started_at))
+                meter.update(self.epoch_samples, now)
+                self._log_progress(epoch, total, meter)
             if self.step_in_epoch < steps and self._stop_requested():
                 self.epoch_loss_sum += float(loss_sum)
                 self.epoch_train_s += time.perf_counter() - t0
@@ -408,26 +465,32 @@ class Trainer:
         self.epoch_train_s += time.perf_counter() - t0
         return True
 
-    def _log_progress(self, epoch: int, total: int, rate: float) -> None:
+    def _log_progress(self, epoch: int, total: int, meter: RateMeter) -> None:
         """One ``progress: epoch_number=...; epoch_samples_done=...; ...; eta_s=...;`` line (this rank's
-        samples; the names stay clear of the metric regexes)."""
+        samples; the names stay clear of the metric regexes). ``eta_s`` divides by the recent rate: the
+        epoch's average would hide a slowdown for minutes."""
         done = self.epoch_samples
-        eta = (total - done) / rate if rate > 0 else float("inf")
+        eta = (total - done) / meter.recent if meter.recent > 0 else float("inf")
         log.info(
             "progress: epoch_number=%d; epoch_samples_done=%d; epoch_samples=%d; samples_per_s=%.0f; "
-            "eta_s=%.0f;",
+            "recent_samples_per_s=%.0f; eta_s=%.0f;",
             epoch,
             done,
             total,
-            rate,
+            meter.average,
+            meter.recent,
             eta,
         )
 
     def _end_epoch(self, epoch: int) -> EpochReport:
+        if self.lazy is not None:
+            self.lazy.settle()  # rows the last steps did not use pay their decay before evaluation
         loss = self.epoch_loss_sum / max(self.epoch_samples, 1)
         report = self._record_epoch(epoch, loss, self.epoch_train_s)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} in epoch {epoch}; lower the learning rate")
+        if self.dist.is_main:
+            warn_if_dying(self.model, epoch)
         self.epochs_done, self.step_in_epoch = epoch, 0
         self.save_checkpoint()
         return report

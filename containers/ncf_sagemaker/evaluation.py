@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ncf_core import runtime
 from ncf_core.config import DEFAULT_TOP_K
 from ncf_core.errors import DataError, NcfError
 from ncf_core.jsonio import write_json
@@ -109,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime.flush_denormals()  # before any torch thread starts
     model = args.model or platform.processing_dir(platform.PROCESSING_MODEL)
     test = args.test or platform.processing_dir(platform.PROCESSING_TEST)
     output = args.output or platform.processing_dir(platform.PROCESSING_EVALUATION)

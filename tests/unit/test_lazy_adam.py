@@ -1,4 +1,4 @@
-"""LazyAdam: Adam on the rows a step used, nothing on the others."""
+"""LazyAdam: Adam on the rows a step used, nothing on the others; AdamW's decay on every row."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def steps_with_both(rows_per_step: list[torch.Tensor], weight_decay: float = 0.0
     table = torch.randn(12, 4)
     lazy_table = table.clone()
     dense = torch.nn.Parameter(table.clone())
-    reference = torch.optim.Adam([dense], lr=0.05, weight_decay=weight_decay)
+    reference = torch.optim.AdamW([dense], lr=0.05, weight_decay=weight_decay)
     lazy = LazyAdam([lazy_table], lr=0.05, weight_decay=weight_decay)
     target = torch.randn(12, 4)
     for ids in rows_per_step:
@@ -26,8 +26,8 @@ def steps_with_both(rows_per_step: list[torch.Tensor], weight_decay: float = 0.0
     return dense.detach(), lazy_table, lazy
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_when_every_row_is_used_it_is_adam(weight_decay):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.5])
+def test_when_every_row_is_used_it_is_adamw(weight_decay):
     every = torch.arange(12)
     dense, lazy_table, _ = steps_with_both([every] * 5, weight_decay)
     assert torch.allclose(dense, lazy_table, atol=1e-6)
@@ -63,13 +63,35 @@ def test_state_for_another_table_shape_is_refused():
         LazyAdam([torch.zeros(6, 2)], lr=0.1).load_state_dict(a.state_dict())
 
 
+def test_rows_a_step_did_not_use_owe_adamw_decay_and_pay_it_when_used_or_settled():
+    """Unused rows decay as under dense AdamW (their moments aside): by the product of every step's
+    ``1 - lr × decay``, paid when the row is next gathered or by ``settle``."""
+    torch.manual_seed(0)
+    before = torch.randn(12, 4)
+    some, others = torch.tensor([0, 3, 7]), torch.tensor([1, 2, 4, 5, 6, 8, 9, 10, 11])
+    _, table, lazy = steps_with_both([some] * 3, weight_decay=0.5)
+    assert torch.equal(table[others], before[others])  # nothing written to them yet
+    owed = (1 - 0.05 * 0.5) ** 3
+    assert torch.allclose(lazy.gather(0, others[:2]), before[others[:2]] * owed, rtol=1e-6)
+    lazy.lr = 0.02  # the learning rate changes: the factor owed follows it
+    leaf = lazy.gather(0, some)
+    (leaf**2).sum().backward()
+    lazy.step([(some, leaf)])
+    lazy.settle()
+    owed *= 1 - 0.02 * 0.5
+    assert torch.allclose(table[others], before[others] * owed, rtol=1e-6)
+    lazy.settle()  # nothing more is owed
+    assert torch.allclose(table[others], before[others] * owed, rtol=1e-6)
+
+
 def test_each_table_takes_its_own_weight_decay():
-    """NeuMF's MLP tables decay more than its GMF ones: per table, LazyAdam is Adam at that table's decay."""
     torch.manual_seed(0)
     tables = [torch.randn(6, 3), torch.randn(6, 3)]
     dense = [torch.nn.Parameter(t.clone()) for t in tables]
     decays = (0.0, 0.5)
-    reference = [torch.optim.Adam([d], lr=0.05, weight_decay=wd) for d, wd in zip(dense, decays, strict=True)]
+    reference = [
+        torch.optim.AdamW([d], lr=0.05, weight_decay=wd) for d, wd in zip(dense, decays, strict=True)
+    ]
     lazy = LazyAdam([t.clone() for t in tables], lr=0.05, weight_decay=list(decays))
     every = torch.arange(6)
     for _ in range(4):
@@ -82,9 +104,5 @@ def test_each_table_takes_its_own_weight_decay():
         lazy.step([(every, leaf) for leaf in leaves])
     for d, mine in zip(dense, lazy.tables, strict=True):
         assert torch.allclose(d.detach(), mine, atol=1e-6)
-    assert lazy.tables[1].norm() < lazy.tables[0].norm()  # the decay was applied where asked
-
-
-def test_a_weight_decay_per_table_must_match_the_tables():
     with pytest.raises(ValueError, match="2 weight decays for 1 tables"):
         LazyAdam([torch.zeros(2, 2)], lr=0.1, weight_decay=[0.0, 0.1])

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import errno
+import itertools
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -118,7 +120,7 @@ def test_auto_embedding_updates_are_lazy_for_a_side_whose_tables_outnumber_a_bat
 def test_the_mlp_part_takes_mlp_weight_decay_and_the_gmf_part_weight_decay(planted, updates):
     """A strong decay on one part shrinks that part's tables and leaves the other part's as without it."""
     norms = {}
-    for name, decays in {"none": (0.0, 0.0), "mlp": (0.0, 0.5), "gmf": (0.5, 0.0)}.items():
+    for name, decays in {"none": (0.0, 0.0), "mlp": (0.0, 400.0), "gmf": (400.0, 0.0)}.items():
         cfg = replace(FAST, epochs=2, embedding_updates=updates)
         cfg = replace(cfg, weight_decay=decays[0], mlp_weight_decay=decays[1])
         model = Trainer(planted, cfg).fit().model
@@ -299,7 +301,8 @@ def test_long_epochs_log_progress_lines_the_metric_regexes_do_not_read(planted, 
     steps = -(-len(planted.train_users) * (1 + config.num_neg) // config.batch_size)
     assert 1 <= len(lines) <= steps  # at most one per step even with a zero interval
     fields = dict(re.findall(r"(\w+)=([0-9.inf]+);", lines[-1]))
-    assert set(fields) == {"epoch_number", "epoch_samples_done", "epoch_samples", "samples_per_s", "eta_s"}
+    names = "epoch_number epoch_samples_done epoch_samples samples_per_s recent_samples_per_s eta_s"
+    assert set(fields) == set(names.split())
     assert int(fields["epoch_samples_done"]) < int(fields["epoch_samples"])
     definitions = json.loads((ROOT / "scripts" / "metric_definitions.json").read_text())["MetricDefinitions"]
     for line in lines:
@@ -308,3 +311,100 @@ def test_long_epochs_log_progress_lines_the_metric_regexes_do_not_read(planted, 
         caplog.clear()
         Trainer(planted, config).fit()  # the default interval: a short epoch logs no progress at all
     assert not [r for r in caplog.records if r.getMessage().startswith("progress:")]
+
+
+@pytest.mark.parametrize("updates", ["dense", "lazy"])
+def test_weight_decay_does_not_drive_a_silent_unit_to_zero(planted, updates):
+    """The collapse at ML-20M scale: L2 added to Adam's gradient moved a weight with no data gradient (a
+    dead ReLU unit's) by ~lr a step whatever the decay, so dead units' weights went to zero and on into
+    subnormals. Decoupled decay shrinks them by ``lr × decay / steps_per_epoch`` a step, and no faster."""
+    cfg = replace(FAST, epochs=2, embedding_updates=updates, mlp_weight_decay=1.0, warmup_steps=0)
+    trainer = Trainer(planted, cfg)
+    layer = trainer.model.mlp_layers[1]
+    with torch.no_grad():
+        layer.bias[0] = -1e4  # unit 0 never fires: its incoming weights get no data gradient
+    before = layer.weight[0].detach().clone()
+    trainer.fit()
+    steps = trainer.steps_per_epoch()
+    shrink = (1 - cfg.lr * cfg.mlp_weight_decay / steps) ** (steps * cfg.epochs)  # a constant lr in FAST
+    assert torch.allclose(layer.weight[0], before * shrink, rtol=1e-4, atol=0)
+    assert layer.weight[0].abs().min() > 1e-6
+
+
+@pytest.mark.parametrize("updates", ["dense", "lazy"])
+def test_a_row_no_step_uses_decays_alike_whichever_way_its_table_is_updated(planted, updates):
+    """Every row decays by ``1 - lr × decay / steps_per_epoch`` a step, the user rows of a lazily updated
+    table too (paid when used, and before every evaluation)."""
+    cfg = replace(FAST, epochs=2, embedding_updates=updates, weight_decay=5.0, mlp_weight_decay=10.0)
+    cfg = replace(cfg, warmup_steps=0)  # a constant lr
+    unused = 7
+    keep = planted.train_users != unused
+    data = replace(planted, train_users=planted.train_users[keep], train_items=planted.train_items[keep])
+    trainer = Trainer(data, cfg)
+    before = trainer.model.embed_user_gmf.weight[unused].detach().clone()
+    mlp_before = trainer.model.embed_user_mlp.weight[unused].detach().clone()
+    trainer.fit()
+    steps = trainer.steps_per_epoch()
+    for now, was, decay in (
+        (trainer.model.embed_user_gmf.weight[unused], before, 5.0),
+        (trainer.model.embed_user_mlp.weight[unused], mlp_before, 10.0),
+    ):
+        assert torch.allclose(now, was * (1 - cfg.lr * decay / steps) ** (steps * cfg.epochs), rtol=1e-4)
+
+
+def test_a_trained_network_stays_alive(planted):
+    """Training on the planted data leaves no layer past the health warning's thresholds."""
+    from ncf_core.health import dying, network_health
+
+    result = train(planted, replace(FAST, epochs=8))
+    health = network_health(result.model)
+    assert dying(health) == [], [h.as_dict() for h in health]
+
+
+def test_the_recent_rate_follows_a_slowdown_the_average_hides():
+    from ncf_core.training import RateMeter
+
+    meter = RateMeter(0.0)
+    meter.update(1000, 1.0)  # 1,000 samples/s
+    assert meter.recent == meter.average == 1000
+    for t in range(2, 6):
+        meter.update(1000 + 100 * (t - 1), float(t))  # then 100 samples/s
+    assert meter.average == pytest.approx(1400 / 5)
+    assert meter.recent < 200 < meter.average
+
+
+def test_the_learning_rate_warms_up_over_at_most_a_fifth_of_the_run_then_decays(planted):
+    cfg = replace(FAST, epochs=4, lr=0.1, lr_decay=0.1, warmup_steps=10)
+    trainer = Trainer(planted, cfg)
+    steps = trainer.steps_per_epoch()
+    assert 4 * steps // 5 > 10  # the warm-up fits: 10 steps
+
+    def lr_at(epoch: int, step: int) -> float:
+        trainer._set_lr(epoch, step, steps)
+        return trainer.optimizer.param_groups[0]["lr"]
+
+    def expected(done: int) -> float:  # warm-up factor times linear decay to lr × 0.1 at the last step
+        return 0.1 * min(1.0, (done + 1) / 11) * (1 - 0.9 * done / (4 * steps - 1))
+
+    rising = [lr_at(1, s) for s in range(12)]
+    assert rising == pytest.approx([expected(s) for s in range(12)])
+    assert all(b > a for a, b in itertools.pairwise(rising[:10]))
+    assert lr_at(2, 5) == pytest.approx(expected(steps + 5))
+    assert lr_at(4, steps - 1) == pytest.approx(0.01)
+    short = Trainer(planted, replace(cfg, epochs=1, warmup_steps=10_000))
+    short._set_lr(1, steps // 5, steps)  # capped at a fifth of the run: the full rate by then
+    assert short.optimizer.param_groups[0]["lr"] == pytest.approx(
+        0.1 * (1 - 0.9 * (steps // 5) / (steps - 1))
+    )
+
+
+def test_a_fresh_network_starts_at_the_label_prior_and_a_pretrained_one_as_it_was(planted):
+    """The output bias starts at the log-odds of a positive among a step's samples, so the first steps do
+    not push every logit (and the MLP units behind them) down."""
+    cfg = replace(FAST, num_neg=4)
+    fresh = Trainer(planted, cfg).model
+    assert fresh.predict_layer.bias.item() == pytest.approx(-math.log(4))
+    start = copy.deepcopy(fresh)
+    with torch.no_grad():
+        start.predict_layer.bias.fill_(0.25)
+    assert Trainer(planted, cfg, initial_model=start).model.predict_layer.bias.item() == 0.25

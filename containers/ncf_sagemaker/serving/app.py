@@ -44,6 +44,8 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
+from ncf_core import runtime
+
 from .. import platform
 from .errors import BadRequest, GatewayTimeout, HttpError, NotFound, PayloadTooLarge, RequestTimeout
 from .handler import LOADING, READY, Context, ServedModel
@@ -150,6 +152,7 @@ class ServingApp(Starlette):
         import torch
 
         torch.set_num_threads(self.settings.torch_threads)
+        runtime.flush_denormals()  # in each worker, before its torch threads start
         self._prefix = f"{os.getpid():x}"
         self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="ncf-serve")
         if self.model is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ncf_core import data as ncf_data
+from ncf_core import runtime
 from ncf_core.errors import ConfigError, DataError, NcfError
 from ncf_core.jsonio import write_json
 from ncf_core.pipeline import train_to_artifact
@@ -281,6 +282,7 @@ def _run() -> int:
 
 def main() -> int:
     _configure_logging()
+    runtime.flush_denormals()  # before any torch thread starts
     code = _guarded(_run)
     sys.stdout.flush()
     if _hard_exit:
