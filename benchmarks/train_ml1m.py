@@ -28,6 +28,7 @@ import numpy as np
 from benchmarks import workshop_reference
 from ncf_core import data as ncf_data
 from ncf_core.evaluation import evaluate
+from ncf_core.health import network_health
 from ncf_core.pretraining import combine
 from ncf_core.sampling import PositiveSet, sample_distinct_negatives
 from ncf_core.training import EpochReport, TrainConfig, train
@@ -75,6 +76,7 @@ def run(stage: str, data, config: TrainConfig, initial_model=None):
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--lr-decay", type=float, default=None)
@@ -110,6 +112,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict, ncf_data.Intera
             ("lr_decay", args.lr_decay),
             ("weight_decay", args.weight_decay),
             ("mlp_weight_decay", args.mlp_weight_decay),
+            ("warmup_steps", args.warmup_steps),
             ("dropout", args.dropout),
             ("num_neg", args.num_neg),
             ("embedding_updates", args.embedding_updates),
@@ -129,6 +132,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict, ncf_data.Intera
     # The 156 users whose own test item is among their negatives: how the choice moves the numbers.
     pessimistic = evaluate(result.model, data.test, 10, drop_duplicate_negatives=False)
     resampled = evaluate(result.model, resampled_test(data, seed), 10)
+    health = network_health(result.model)
     epochs = [h for h in result.history if "loss" in h]
     epoch_s = sum(h["train_s"] + h["eval_s"] for h in epochs) / max(len(epochs), 1)
     summary = {
@@ -145,6 +149,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict, ncf_data.Intera
         "ndcg_dup_negative_as_loss": round(pessimistic.ndcg, 6),
         "resampled_hr": round(resampled.hr, 6),
         "resampled_ndcg": round(resampled.ndcg, 6),
+        # The kept model's MLP units that never fire on random pairs, per layer, and the largest share
+        # of subnormal values in any weight (ncf_core.health): the tower must stay alive.
+        "dead_units": [round(h.dead_units, 3) for h in health if h.dead_units is not None],
+        "subnormal_max": round(max(h.subnormal for h in health), 4),
         "stages": stages,
     }
     return summary, data

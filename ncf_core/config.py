@@ -100,7 +100,7 @@ class TrainConfig:
     top_k: int = field(default=DEFAULT_TOP_K, metadata=spec("K of HR@K / NDCG@K"))
     seed: int = field(default=42, metadata=spec("seeds the validation split, negatives, shuffling, dropout"))
     weight_decay: float = field(
-        default=20.0,
+        default=50.0,
         metadata=spec(
             "decoupled (AdamW) weight decay per epoch of the GMF embeddings and the output layer: each step "
             "multiplies them by `1 − lr × weight_decay / steps_per_epoch`, every row, used or not"
