@@ -83,7 +83,7 @@ class TrainConfig:
     num_layers: int = field(default=3, metadata=spec("MLP layers (halving tower)", flag="--layers"))
     dropout: float = field(default=0.0, metadata=spec("dropout after MLP layers"))
     epochs: int = field(
-        default=6,
+        default=8,
         metadata=spec("epochs (the kept one is picked on validation)", aliases=("num_epochs",)),
     )
     batch_size: int = field(
