@@ -5,6 +5,8 @@ decay towards zero pass through them: an ML-20M epoch once ran 6x slower that wa
 makes every thread torch computes on flush them to zero; it must run before torch's intra-op thread pool
 starts (a thread takes the floating-point mode of the thread that creates it), so the programs call it
 first thing, and the trainer and the recommender call it again and check it.
+It is processor state: from then on the process's own floats (Python's, numpy's) flush too on those
+threads, which nothing here needs subnormals for.
 
 glibc serves allocations above its mmap threshold (128 KiB, adapting up to 32 MiB) with fresh ``mmap``
 pages and returns them on free, so every large per-batch tensor pays page faults and kernel zeroing again.

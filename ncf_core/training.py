@@ -44,6 +44,7 @@ KEEP_CHECKPOINTS = 2
 # Its names avoid the substrings the metric regexes look for (``epoch=``, ``loss=``, `` hr=``...).
 PROGRESS_INTERVAL_S = 30.0
 MIN_TOTAL_STEPS = 100  # below this, warn that the batch is too large for the data
+MAX_STEP_DECAY = 0.1  # weight decay never shrinks a weight by more than this share in one step
 
 
 @dataclass
@@ -282,8 +283,10 @@ class Trainer:
     def step_decay(self, param: torch.Tensor) -> float:
         """AdamW's weight decay for ``param``: its decay per epoch over the epoch's steps, so that a step
         multiplies it by ``1 - lr × decay / steps_per_epoch``. A decay per step would regularise 8x more
-        at an 8x smaller batch, or on data 20x larger, for the same epochs: per epoch it does not."""
-        return self.decay_of(param) / self.steps_per_epoch()
+        at an 8x smaller batch, or on data 20x larger, for the same epochs: per epoch it does not. On an
+        epoch of very few steps a step would shrink weights by most of their size (or flip their sign past
+        ``lr × decay``): no step shrinks them by more than ``MAX_STEP_DECAY``."""
+        return min(self.decay_of(param) / self.steps_per_epoch(), MAX_STEP_DECAY / self.config.lr)
 
     def _lazy_adam(self) -> LazyAdam:
         """LazyAdam over the lazily updated tables; ``lazy_slots`` maps (side, table) to its index there."""

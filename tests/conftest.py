@@ -8,6 +8,17 @@ from ncf_core import data as ncf_data
 from tests.support.synthetic import write_ncf_files, write_ratings_csv
 
 
+@pytest.fixture(autouse=True)
+def _subnormals_representable_on_the_test_thread():
+    """Trainer and Recommender flush subnormal floats to zero (ncf_core.runtime.flush_denormals), which
+    is processor state: Python's floats on that thread flush too, and hypothesis then refuses to draw
+    floats. Each test starts with this thread back to IEEE floats (torch's worker threads keep flushing;
+    tests/unit/test_runtime.py checks flushing in processes of their own)."""
+    import torch
+
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """The small NeuMF artifact the serving tests share (trained once a session); copy it to change it."""

@@ -408,3 +408,13 @@ def test_a_fresh_network_starts_at_the_label_prior_and_a_pretrained_one_as_it_wa
     with torch.no_grad():
         start.predict_layer.bias.fill_(0.25)
     assert Trainer(planted, cfg, initial_model=start).model.predict_layer.bias.item() == 0.25
+
+
+def test_weight_decay_never_shrinks_a_weight_by_more_than_a_tenth_in_one_step(planted):
+    """Decay per epoch over an epoch of 3 steps: 1 - lr × decay / 3 would flip every weight's sign."""
+    cfg = replace(
+        FAST, batch_size=len(planted.train_users) * 5 // 3, lr=0.1, weight_decay=90.0, mlp_weight_decay=90.0
+    )
+    trainer = Trainer(planted, cfg)
+    assert trainer.steps_per_epoch() <= 3
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == pytest.approx([0.1 / cfg.lr])
