@@ -160,7 +160,6 @@ def measure(csv: Path, epochs: int, workdir: Path, embedding_updates: str = "aut
 
     from ncf_core import data as ncf_data
     from ncf_core.evaluation import evaluate
-    from ncf_core.health import network_health
     from ncf_core.inference import Recommender
     from ncf_core.pipeline import save_artifact
     from ncf_core.training import EpochReport, TrainConfig, Trainer
@@ -182,7 +181,7 @@ def measure(csv: Path, epochs: int, workdir: Path, embedding_updates: str = "aut
 
     def on_epoch(report: EpochReport) -> None:
         first, last = tenth_rates(trainer.epoch_marks)
-        health = network_health(trainer.model)
+        health = trainer.health  # checked at the epoch's end
         line = {
             "epoch": report.epoch,
             "train_s": round(report.train_s, 1),

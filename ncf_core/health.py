@@ -81,11 +81,10 @@ def dead_unit_shares(model: NCF, pairs: int = HEALTH_PAIRS, seed: int = 0) -> li
     gen = torch.Generator(device="cpu").manual_seed(seed)
     users = torch.randint(c.num_users, (pairs,), generator=gen).to(device)
     items = torch.randint(c.num_items, (pairs,), generator=gen).to(device)
-    first = model.mlp_layers[0]
     h = torch.cat([model.embed_user_mlp.weight[users], model.embed_item_mlp.weight[items]], 1)
     shares = []
     for layer in model.mlp_layers:
-        h = F.relu(layer(h) if layer is not first else F.linear(h, first.weight, first.bias))
+        h = F.relu(layer(h))
         shares.append(float((h <= 0).all(0).float().mean()))
     return shares
 
@@ -93,28 +92,20 @@ def dead_unit_shares(model: NCF, pairs: int = HEALTH_PAIRS, seed: int = 0) -> li
 @torch.no_grad()
 def network_health(model: NCF, pairs: int = HEALTH_PAIRS, seed: int = 0) -> list[TensorHealth]:
     """Every embedding table and MLP layer weight, with its subnormal, zero and dead-unit shares."""
-    tensors: list[tuple[str, torch.Tensor]] = []
+    # (name, weight, share of its units dead or None)
+    tensors: list[tuple[str, torch.Tensor, float | None]] = []
     for which, side in ((0, "user"), (1, "item")):
         for part, table in zip(("gmf", "mlp"), model.embeddings(which), strict=True):
             if table is not None:
-                tensors.append((f"embed_{side}_{part}", table.weight))
-    layers = list(model.mlp_layers) if model.config.uses_mlp else []
-    tensors += [(f"mlp_layers.{k}", layer.weight) for k, layer in enumerate(layers)]
-    tensors.append(("predict_layer", model.predict_layer.weight))
+                tensors.append((f"embed_{side}_{part}", table.weight, None))
     dead = dead_unit_shares(model, pairs, seed)
-    out = []
-    for name, t in tensors:
-        k = int(name.split(".")[1]) if name.startswith("mlp_layers.") else None
-        out.append(
-            TensorHealth(
-                name,
-                subnormal_share(t),
-                zero_share(t),
-                float(t.abs().max()) if t.numel() else 0.0,
-                None if k is None else dead[k],
-            )
-        )
-    return out
+    layers = model.mlp_layers if model.config.uses_mlp else []
+    tensors += [(f"mlp_layers.{k}", layer.weight, dead[k]) for k, layer in enumerate(layers)]
+    tensors.append(("predict_layer", model.predict_layer.weight, None))
+    return [
+        TensorHealth(name, subnormal_share(t), zero_share(t), float(t.abs().max()) if t.numel() else 0.0, d)
+        for name, t, d in tensors
+    ]
 
 
 def dying(health: list[TensorHealth]) -> list[TensorHealth]:
@@ -126,9 +117,10 @@ def dying(health: list[TensorHealth]) -> list[TensorHealth]:
     ]
 
 
-def warn_if_dying(model: NCF, epoch: int) -> list[TensorHealth]:
-    """Log one WARNING naming the layers past a threshold (returns them); silent for a healthy network."""
-    bad = dying(network_health(model))
+def warn_if_dying(health: list[TensorHealth], epoch: int) -> list[TensorHealth]:
+    """Log one WARNING naming the layers of ``health`` past a threshold (returns them); silent for a
+    healthy network."""
+    bad = dying(health)
     if bad:
         parts = [
             f"{h.name} ({h.subnormal:.0%} subnormal"

@@ -58,14 +58,11 @@ class LazyAdam:
         return (self.decay_log[k] - logs).exp_().to(self.tables[k].dtype).unsqueeze(1)
 
     def gather(self, k: int, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``ids`` (distinct) of table ``k``, their owed decay paid, as a leaf that collects their
-        gradient."""
-        table = self.tables[k].detach()
-        rows = table.index_select(0, ids)
+        """Rows ``ids`` (distinct) of table ``k``, their owed decay applied, as a leaf that collects their
+        gradient. Reads only: ``step`` writes the rows back and marks their debt paid."""
+        rows = self.tables[k].detach().index_select(0, ids)
         if self.weight_decay[k]:
             rows.mul_(self._owed(k, ids))
-            table.index_copy_(0, ids, rows)  # paid in the table too, whatever follows
-            self.row_log[k].index_fill_(0, ids, self.decay_log[k])
         return rows.requires_grad_()
 
     @torch.no_grad()
@@ -89,12 +86,14 @@ class LazyAdam:
             factor = 1.0 - self.lr * self.weight_decay[k]
             if factor != 1.0:
                 self.decay_log[k] += math.log(factor)  # this step's decay, owed by every row
-            params = leaf.detach()  # the rows as gathered (owed decay paid): the gradient was taken at them
+            params = (
+                leaf.detach()
+            )  # the rows as gathered (owed decay applied): the gradient was taken at them
             if factor != 1.0:
                 params = params * factor  # AdamW: decay, then the Adam update
-                self.row_log[k].index_fill_(0, ids, self.decay_log[k])
+                self.row_log[k].index_fill_(0, ids, self.decay_log[k])  # written back below: paid
             grad = leaf.grad
-            if grad is None:  # gathered, yet unused: keep the decay gather paid
+            if grad is None:  # gathered, yet unused: write back the decay alone
                 table.index_copy_(0, ids, params)
                 continue
             m = m_all.index_select(0, ids).mul_(beta1).add_(grad, alpha=1.0 - beta1)

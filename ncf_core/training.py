@@ -29,7 +29,7 @@ from .config import TrainConfig  # declared with the other settings; imported fr
 from .data import Interactions
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation import Metrics, evaluate
-from .health import warn_if_dying
+from .health import TensorHealth, network_health, warn_if_dying
 from .lazy_adam import LazyAdam
 from .models import NCF
 from .runtime import flush_denormals, tune_allocator
@@ -237,6 +237,7 @@ class Trainer:
         # (samples done, perf_counter) at the epoch's start and after each tenth of its steps: the rates of
         # its first and last tenth (benchmarks/scale_bench.py) show a slowdown an average would hide.
         self.epoch_marks: list[tuple[int, float]] = []
+        self.health: list[TensorHealth] = []  # the network's at the last epoch's end (ncf_core.health)
 
     def _warn_if_few_steps(self) -> None:
         """The defaults are tuned for ML-1M (6M samples an epoch, README "Results"); on small data the same
@@ -435,7 +436,7 @@ class Trainer:
         started_at, started_with = time.perf_counter(), self.epoch_samples
         next_progress = started_at + self.progress_interval_s
         meter = RateMeter(started_at, started_with)
-        tenth = max(1, steps // 10)
+        tenths = {steps * k // 10 for k in range(1, 11)}  # the steps that end each tenth of the epoch
         if self.step_in_epoch == 0:
             self.epoch_marks = [(0, started_at)]
         for step in range(self.step_in_epoch, steps):
@@ -452,7 +453,7 @@ class Trainer:
             self.epoch_samples += int(labels.shape[0])
             self.step_in_epoch = step + 1
             now = time.perf_counter()
-            if self.step_in_epoch % tenth == 0 or self.step_in_epoch == steps:
+            if self.step_in_epoch in tenths:
                 self.epoch_marks.append((self.epoch_samples, now))
             if self.dist.is_main and now >= next_progress and self.step_in_epoch < steps:
                 next_progress = now + self.progress_interval_s
@@ -493,7 +494,8 @@ class Trainer:
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} in epoch {epoch}; lower the learning rate")
         if self.dist.is_main:
-            warn_if_dying(self.model, epoch)
+            self.health = network_health(self.model)
+            warn_if_dying(self.health, epoch)
         self.epochs_done, self.step_in_epoch = epoch, 0
         self.save_checkpoint()
         return report

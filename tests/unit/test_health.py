@@ -55,12 +55,12 @@ def test_dead_units_downstream_of_a_dead_layer_are_dead_too():
 def test_training_warns_once_per_epoch_naming_the_dying_layers(caplog):
     model = neumf()
     with caplog.at_level(logging.WARNING, logger="ncf_core.health"):
-        assert warn_if_dying(model, 1) == []
+        assert warn_if_dying(network_health(model), 1) == []
     assert not caplog.records
     with torch.no_grad():
         model.mlp_layers[1].bias.fill_(-1e3)
     with caplog.at_level(logging.WARNING, logger="ncf_core.health"):
-        bad = warn_if_dying(model, 2)
+        bad = warn_if_dying(network_health(model), 2)
     assert [h.name for h in bad] == ["mlp_layers.1", "mlp_layers.2"]  # layer 2 sees only its biases
     (record,) = caplog.records
     assert "after epoch 2 the network is dying: mlp_layers.1 (0% subnormal, 100% of units never fire)" in (

@@ -418,3 +418,15 @@ def test_weight_decay_never_shrinks_a_weight_by_more_than_a_tenth_in_one_step(pl
     trainer = Trainer(planted, cfg)
     assert trainer.steps_per_epoch() <= 3
     assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == pytest.approx([0.1 / cfg.lr])
+
+
+def test_an_epoch_is_marked_at_each_tenth_of_its_steps(planted):
+    """The scale benchmark's first and last tenth rates come from these marks: the last one must span a
+    tenth of the epoch, not the step or two a ``steps // 10`` stride leaves over."""
+    trainer = Trainer(planted, replace(FAST, epochs=1))
+    trainer.fit()
+    steps, per_step = trainer.steps_per_epoch(), trainer.positives_per_step() * (1 + FAST.num_neg)
+    samples = [s for s, _ in trainer.epoch_marks]
+    assert len(samples) == 11 and samples[0] == 0 and samples[-1] == trainer.epoch_samples
+    assert samples[-2] <= (steps * 9 // 10) * per_step
+    assert all(b > a for a, b in itertools.pairwise(samples))
