@@ -161,7 +161,7 @@ def measure(csv: Path, epochs: int, workdir: Path, embedding_updates: str = "aut
     from ncf_core import data as ncf_data
     from ncf_core.evaluation import evaluate
     from ncf_core.inference import Recommender
-    from ncf_core.pipeline import save_artifact
+    from ncf_core.jobs import save_artifact
     from ncf_core.training import EpochReport, TrainConfig, Trainer
 
     out: dict[str, Any] = {}

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
-        from .pipeline import train_to_artifact
+        from .jobs import train_to_artifact
 
         train, split = train_settings(args)
         data = ncf_data.load(
@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(result.summary()))
         return 0
     if args.command == "evaluate":
-        from .pipeline import evaluate_artifact
+        from .jobs import evaluate_artifact
 
         print(json.dumps(evaluate_artifact(args.model_dir, args.data, args.top_k)))
         return 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from . import platform
+from . import contract
 
 log = logging.getLogger("ncf_sagemaker.tracking")
 
@@ -51,7 +51,7 @@ HEADER_PLUGIN_LOGGER = "mlflow.tracking.request_header.registry"
 
 def tracking_uri() -> str:
     """The configured tracking URI; empty (the pipeline's default) means no tracking."""
-    return os.environ.get(platform.MLFLOW_TRACKING_URI_ENV, "").strip()
+    return os.environ.get(contract.MLFLOW_TRACKING_URI_ENV, "").strip()
 
 
 def shown(uri: str) -> str:
@@ -206,7 +206,7 @@ def start(program: str, run_name: str | None, tags: Mapping[str, str], resume_ta
         # sagemaker-mlflow's request-header plugin takes every tracking URI for an ARN and fails to parse
         # a URL on each request (a harmless WARNING per call): quiet for URLs.
         logging.getLogger(HEADER_PLUGIN_LOGGER).setLevel(logging.ERROR)
-    experiment = os.environ.get(platform.MLFLOW_EXPERIMENT_NAME_ENV) or platform.DEFAULT_MLFLOW_EXPERIMENT
+    experiment = os.environ.get(contract.MLFLOW_EXPERIMENT_NAME_ENV) or contract.DEFAULT_MLFLOW_EXPERIMENT
     tags = {k: v for k, v in tags.items() if v} | {PROGRAM_TAG: program}
     try:
         client = MlflowClient(tracking_uri=uri)
@@ -226,11 +226,11 @@ def start(program: str, run_name: str | None, tags: Mapping[str, str], resume_ta
 def start_training(params: Mapping[str, Any]) -> Run:
     """The ``train`` program's run: named after the training job, tagged with it and with the pipeline
     execution when there is one; ``params`` are the resolved hyperparameters."""
-    job_name = os.environ.get(platform.TRAINING_JOB_NAME_ENV) or None
+    job_name = os.environ.get(contract.TRAINING_JOB_NAME_ENV) or None
     tags = {
         TRAINING_JOB_TAG: job_name or "",
-        TRAINING_JOB_ARN_TAG: os.environ.get(platform.TRAINING_JOB_ARN_ENV, ""),
-        PIPELINE_EXECUTION_TAG: os.environ.get(platform.PIPELINE_EXECUTION_ARN_ENV, ""),
+        TRAINING_JOB_ARN_TAG: os.environ.get(contract.TRAINING_JOB_ARN_ENV, ""),
+        PIPELINE_EXECUTION_TAG: os.environ.get(contract.PIPELINE_EXECUTION_ARN_ENV, ""),
     }
     run = start("train", job_name, tags, resume_tag=TRAINING_JOB_TAG)
     run.log_params(params)
@@ -240,7 +240,7 @@ def start_training(params: Mapping[str, Any]) -> Run:
 def processing_job_name() -> str | None:
     """The processing job's name, from the request SageMaker leaves in the container."""
     try:
-        return json.loads(platform.processing_job_config_file().read_text()).get("ProcessingJobName")
+        return json.loads(contract.processing_job_config_file().read_text()).get("ProcessingJobName")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -251,7 +251,7 @@ def start_evaluation() -> Run:
     job_name = processing_job_name()
     tags = {
         PROCESSING_JOB_TAG: job_name or "",
-        EVALUATED_JOB_TAG: os.environ.get(platform.EVALUATED_TRAINING_JOB_ENV, ""),
-        PIPELINE_EXECUTION_TAG: os.environ.get(platform.PIPELINE_EXECUTION_ARN_ENV, ""),
+        EVALUATED_JOB_TAG: os.environ.get(contract.EVALUATED_TRAINING_JOB_ENV, ""),
+        PIPELINE_EXECUTION_TAG: os.environ.get(contract.PIPELINE_EXECUTION_ARN_ENV, ""),
     }
     return start("evaluate", job_name, tags)

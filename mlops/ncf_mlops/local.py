@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ncf_launch.common import (
+from ncf_launch.aws_client import (
     LOCAL_TAG,
     SERVE_REPOSITORY,
     TRAIN_REPOSITORY,

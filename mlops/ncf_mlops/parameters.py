@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ncf_core import config as schema
 from ncf_core.config import DEFAULT_TOP_K
 from ncf_core.errors import ConfigError
-from ncf_launch.common import TRAIN_INSTANCE_TYPE, UsageError
+from ncf_launch.aws_client import TRAIN_INSTANCE_TYPE, UsageError
 
 GATE_K = DEFAULT_TOP_K  # the gate is on HR@10 and NDCG@10
 
@@ -122,7 +122,7 @@ def check_value(p: Parameter, text: str) -> str:
         if p.unit_interval and not 0.0 <= value <= 1.0:
             raise UsageError(f"--param {p.name}={text}: a threshold must lie in 0–1")
     if p.kind is str and p.name in (INPUT_DATA, TEST_DATA):
-        from ncf_launch.common import parse_s3_uri
+        from ncf_launch.aws_client import parse_s3_uri
 
         parse_s3_uri(text, f"--param {p.name}")
     return text

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ncf_launch.common import SERVE_INSTANCE_TYPE, TRAIN_INSTANCE_TYPE, load_metric_definitions
-from ncf_sagemaker import evaluation as report
-from ncf_sagemaker import platform
+from ncf_launch.aws_client import SERVE_INSTANCE_TYPE, TRAIN_INSTANCE_TYPE, load_metric_definitions
+from ncf_sagemaker import contract
+from ncf_sagemaker import evaluation_job as report
 
 from . import parameters as P
 from .session import no_instance_metadata, offline_session
@@ -33,7 +33,7 @@ TRANSFORM_INSTANCE_TYPES = (TRAIN_INSTANCE_TYPE, "ml.c5.xlarge")
 
 @dataclass(frozen=True)
 class Settings:
-    """What the definition is built from (the launcher resolves each: ``ncf_mlops.cli``)."""
+    """What the definition is built from (the launcher resolves each: ``ncf_mlops.commands``)."""
 
     name: str
     region: str
@@ -87,8 +87,8 @@ def build(settings: Settings, session: Any = None) -> Any:
     param = {p.name: _sdk_parameter(p) for p in declared}
     # Both steps log to MLflow when the parameter is set, their runs tagged with this execution.
     tracking_env = {
-        platform.MLFLOW_TRACKING_URI_ENV: param[P.MLFLOW_TRACKING_URI],
-        platform.PIPELINE_EXECUTION_ARN_ENV: ExecutionVariables.PIPELINE_EXECUTION_ARN,
+        contract.MLFLOW_TRACKING_URI_ENV: param[P.MLFLOW_TRACKING_URI],
+        contract.PIPELINE_EXECUTION_ARN_ENV: ExecutionVariables.PIPELINE_EXECUTION_ARN,
     }
 
     estimator = Estimator(
@@ -109,7 +109,7 @@ def build(settings: Settings, session: Any = None) -> Any:
         name=TRAIN_STEP,
         step_args=estimator.fit(
             inputs={
-                platform.TRAIN_CHANNEL: TrainingInput(
+                contract.TRAIN_CHANNEL: TrainingInput(
                     s3_data=param[P.INPUT_DATA], distribution="FullyReplicated"
                 )
             }
@@ -127,33 +127,33 @@ def build(settings: Settings, session: Any = None) -> Any:
         instance_type=param[P.EVAL_INSTANCE_TYPE],
         entrypoint=[EVALUATE_PROGRAM],
         base_job_name="ncf-evaluate",
-        env=tracking_env | {platform.EVALUATED_TRAINING_JOB_ENV: train.properties.TrainingJobName},
+        env=tracking_env | {contract.EVALUATED_TRAINING_JOB_ENV: train.properties.TrainingJobName},
         sagemaker_session=session,
     )
     evaluation_file = PropertyFile(
         name=EVALUATION_PROPERTY_FILE,
-        output_name=platform.PROCESSING_EVALUATION,
-        path=platform.EVALUATION_REPORT,
+        output_name=contract.PROCESSING_EVALUATION,
+        path=contract.EVALUATION_REPORT,
     )
     evaluate = ProcessingStep(
         name=EVALUATE_STEP,
         step_args=evaluator.run(
             inputs=[
                 ProcessingInput(
-                    input_name=platform.PROCESSING_MODEL,
+                    input_name=contract.PROCESSING_MODEL,
                     source=model_data,
-                    destination=platform.processing_container_path(platform.PROCESSING_MODEL),
+                    destination=contract.processing_container_path(contract.PROCESSING_MODEL),
                 ),
                 ProcessingInput(
-                    input_name=platform.PROCESSING_TEST,
+                    input_name=contract.PROCESSING_TEST,
                     source=param[P.TEST_DATA],
-                    destination=platform.processing_container_path(platform.PROCESSING_TEST),
+                    destination=contract.processing_container_path(contract.PROCESSING_TEST),
                 ),
             ],
             outputs=[
                 ProcessingOutput(
-                    output_name=platform.PROCESSING_EVALUATION,
-                    source=platform.processing_container_path(platform.PROCESSING_EVALUATION),
+                    output_name=contract.PROCESSING_EVALUATION,
+                    source=contract.processing_container_path(contract.PROCESSING_EVALUATION),
                     destination=evaluation_uri,
                 )
             ],
@@ -188,7 +188,7 @@ def build(settings: Settings, session: Any = None) -> Any:
             model_metrics=ModelMetrics(
                 model_statistics=MetricsSource(
                     content_type="application/json",
-                    s3_uri=Join(on="/", values=[evaluation_uri, platform.EVALUATION_REPORT]),
+                    s3_uri=Join(on="/", values=[evaluation_uri, contract.EVALUATION_REPORT]),
                 )
             ),
             description=f"NCF recommender; HR@{P.GATE_K} and NDCG@{P.GATE_K} in its model statistics",

@@ -4,7 +4,7 @@ The definition is plain data, so it is always built offline: a ``PipelineSession
 an explicit region and placeholder credentials (nothing is signed for real), an explicit default bucket
 (``default_bucket()`` would otherwise create one), and the SDK's telemetry turned off in its defaults
 config (``estimator.fit`` would otherwise call STS and an S3 URL). Upsert and start then send the
-definition with the launcher's own checked boto3 session (``ncf_launch.common.connect``).
+definition with the launcher's own checked boto3 session (``ncf_launch.aws_client.connect``).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def offline_session(region: str, bucket: str) -> Any:
         import boto3
         from sagemaker.workflow.pipeline_context import PipelineSession
     except ImportError:
-        from ncf_launch.common import UsageError
+        from ncf_launch.aws_client import UsageError
 
         raise UsageError(
             f"the SageMaker Python SDK is not installed: pip install '{SDK_PIN}' "

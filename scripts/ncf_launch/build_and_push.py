@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .common import (
+from .aws_client import (
     LOCAL_TAG,
     REPO_ROOT,
     SERVE_REPOSITORY,

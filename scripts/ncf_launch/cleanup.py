@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from .common import UsageError, check_name, confirm, connect, is_not_found, result, run_main, say
+from .aws_client import UsageError, check_name, confirm, connect, is_not_found, result, run_main, say
 from .deploy import config_name_pattern, endpoint_status, model_name_pattern
 
 

@@ -27,7 +27,7 @@ import argparse
 import re
 import time
 
-from .common import (
+from .aws_client import (
     SERVE_INSTANCE_TYPE,
     SERVE_REPOSITORY,
     STAMP_PATTERN,

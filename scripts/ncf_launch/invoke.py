@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .common import SEED_PAYLOAD_FILE, Failure, UsageError, check_name, connect, run_main, say
+from .aws_client import SEED_PAYLOAD_FILE, Failure, UsageError, check_name, connect, run_main, say
 
 
 def parser() -> argparse.ArgumentParser:

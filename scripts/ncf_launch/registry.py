@@ -16,7 +16,7 @@ import argparse
 import json
 import re
 
-from .common import (
+from .aws_client import (
     UsageError,
     connect,
     error_code,
@@ -30,7 +30,7 @@ from .common import (
 APPROVED = "Approved"
 DECISIONS = {"approve": APPROVED, "reject": "Rejected"}
 _PACKAGE_ARN = re.compile(r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:model-package/[\w-]+/\d+$")
-REPORT_FIGURES = ("hr_at_10", "ndcg_at_10", "users_evaluated")  # names of ncf_sagemaker.evaluation's report
+REPORT_FIGURES = ("hr_at_10", "ndcg_at_10", "users_evaluated")  # evaluation_job report names
 
 
 def parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ from pathlib import Path
 from ncf_core import config as schema
 from ncf_core.jsonio import write_json
 
-from .common import (
+from .aws_client import (
     LOCAL_TAG,
     TRAIN_INSTANCE_TYPE,
     TRAIN_REPOSITORY,

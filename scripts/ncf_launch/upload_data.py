@@ -16,7 +16,17 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from .common import Aws, UsageError, check_bucket, connect, error_code, parse_s3_uri, result, run_main, say
+from .aws_client import (
+    Aws,
+    UsageError,
+    check_bucket,
+    connect,
+    error_code,
+    parse_s3_uri,
+    result,
+    run_main,
+    say,
+)
 
 # The same names as ncf_core.data (NCF_SUFFIXES, RAW_FILE_NAMES); a test keeps them equal.
 NCF_SUFFIXES = {"train": ".train.rating", "test": ".test.rating", "negative": ".test.negative"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ncf_launch.common import SERVE_REPOSITORY, TRAIN_REPOSITORY
+from ncf_launch.aws_client import SERVE_REPOSITORY, TRAIN_REPOSITORY
 from ncf_mlops.parameters import DEFAULT_GROUP
 from ncf_mlops.pipeline import DEFAULT_NAME
 from tests.support import ROOT

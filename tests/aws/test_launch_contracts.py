@@ -24,7 +24,7 @@ LOG_LINE = "epoch=3; loss=0.2512; train_s=6.1; eval_s=0.9; val_hr=0.79; val_ndcg
 
 
 def test_metric_definitions_pick_each_value_from_the_log_line():
-    from ncf_launch.common import load_metric_definitions
+    from ncf_launch.aws_client import load_metric_definitions
 
     values = {}
     for d in load_metric_definitions():
@@ -107,7 +107,7 @@ class _Describer:
 
 
 def test_wait_for_job_follows_every_status_change(capsys):
-    from ncf_launch.common import Failure
+    from ncf_launch.aws_client import Failure
     from ncf_launch.train import wait_for_job
 
     starting = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting"}
@@ -128,7 +128,7 @@ def test_wait_for_job_follows_every_status_change(capsys):
 
 
 def test_wait_for_endpoint_until_in_service_failed_or_timeout():
-    from ncf_launch.common import Failure
+    from ncf_launch.aws_client import Failure
     from ncf_launch.deploy import wait_for_endpoint
 
     creating, updating = {"EndpointStatus": "Creating"}, {"EndpointStatus": "Updating"}

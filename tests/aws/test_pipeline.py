@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from ncf_core import config as schema
-from ncf_launch.common import load_metric_definitions
+from ncf_launch.aws_client import load_metric_definitions
 from tests.support.moto import ACCOUNT, BUCKET, FAILURES, PIPELINE_STEPS, REGISTRY, ROLE, ok, refused
 
 NAME = "ncf-pipeline"

@@ -14,7 +14,7 @@ import pytest
 
 from ncf_core import artifact
 from ncf_core import data as ncf_data
-from ncf_core.pipeline import train_to_artifact
+from ncf_core.jobs import train_to_artifact
 from ncf_core.training import TrainConfig, list_checkpoints
 from tests.support import docker_harness as dh
 from tests.support import require_file, shared_data_dir

@@ -11,8 +11,8 @@ from ncf_core.errors import UnknownIdError
 from ncf_core.inference import Recommender
 from ncf_sagemaker.serving import handler as handler_module
 from ncf_sagemaker.serving import protocol
-from ncf_sagemaker.serving.errors import BadRequest, ServiceUnavailable
 from ncf_sagemaker.serving.handler import FAILED, READY, Context, ServedModel, load_handler
+from ncf_sagemaker.serving.http_errors import BadRequest, ServiceUnavailable
 from tests.support.serving import copy_model, group_of_item, group_of_user
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from ncf_core.inference import Recommendation
 from ncf_sagemaker.serving import protocol
-from ncf_sagemaker.serving.errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from ncf_sagemaker.serving.http_errors import BadRequest, NotAcceptable, UnsupportedMediaType
 
 
 @pytest.mark.parametrize(

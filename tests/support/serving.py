@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from ncf_core import data as ncf_data
-from ncf_core.pipeline import train_to_artifact
+from ncf_core.jobs import train_to_artifact
 from ncf_core.training import TrainConfig
 from tests.support.net import free_port
 from tests.support.paths import ROOT

@@ -14,8 +14,8 @@ import torch
 
 from ncf_core import artifact
 from ncf_core.errors import ArtifactError
+from ncf_core.jobs import train_to_artifact
 from ncf_core.models import NCF, ModelConfig
-from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import TrainConfig
 from tests.support.synthetic import SMALL_DATA
 

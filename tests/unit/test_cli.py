@@ -10,7 +10,7 @@ import pytest
 
 from ncf_core import data as ncf_data
 from ncf_core.evaluation import evaluate_scores
-from ncf_core.pipeline import train_to_artifact
+from ncf_core.jobs import train_to_artifact
 from ncf_core.training import TrainConfig
 from tests.support import ROOT, require_file, shared_data_dir
 from tests.support.synthetic import SMALL_DATA

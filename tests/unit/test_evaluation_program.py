@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from ncf_core import data as ncf_data
-from ncf_core.pipeline import evaluate_artifact, train_to_artifact
+from ncf_core.jobs import evaluate_artifact, train_to_artifact
 from ncf_core.training import TrainConfig
-from ncf_sagemaker import evaluation, platform
+from ncf_sagemaker import contract, evaluation_job
 from tests.support.synthetic import SMALL_DATA, write_ncf_files
 
 CFG = TrainConfig(factor=8, num_layers=2, epochs=2, batch_size=512, **SMALL_DATA)
@@ -37,14 +37,14 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 def processing_tree(base: Path, archive: Path, test_files: list[Path]) -> dict[str, str]:
     """/opt/ml/processing/{model,test} as the job mounts them; the env that relocates /opt/ml."""
-    model = base / platform.PROCESSING_SUBDIR / platform.PROCESSING_MODEL
-    test = base / platform.PROCESSING_SUBDIR / platform.PROCESSING_TEST
+    model = base / contract.PROCESSING_SUBDIR / contract.PROCESSING_MODEL
+    test = base / contract.PROCESSING_SUBDIR / contract.PROCESSING_TEST
     model.mkdir(parents=True)
     test.mkdir(parents=True)
-    shutil.copy(archive, model / platform.MODEL_ARCHIVE)
+    shutil.copy(archive, model / contract.MODEL_ARCHIVE)
     for f in test_files:
         shutil.copy(f, test / f.name)
-    return {platform.BASE_DIR_ENV: str(base)}
+    return {contract.BASE_DIR_ENV: str(base)}
 
 
 def run_evaluate(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -104,7 +104,7 @@ def test_test_ids_the_model_does_not_know_are_refused(trained, tmp_path):
 def test_report_names_are_what_the_pipeline_reads():
     from ncf_core.evaluation import Metrics
 
-    report = evaluation.report(Metrics(0.5, 0.25, 7, 10))
+    report = evaluation_job.report(Metrics(0.5, 0.25, 7, 10))
     assert report == {
         "metrics": {
             "hr_at_10": {"value": 0.5},
@@ -113,4 +113,4 @@ def test_report_names_are_what_the_pipeline_reads():
             "k": {"value": 10},
         }
     }
-    assert evaluation.json_path(evaluation.metric_name("hr", 10)) == "metrics.hr_at_10.value"
+    assert evaluation_job.json_path(evaluation_job.metric_name("hr", 10)) == "metrics.hr_at_10.value"

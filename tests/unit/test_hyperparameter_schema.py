@@ -16,9 +16,9 @@ from ncf_core import config
 from ncf_core.cli import build_parser, train_settings
 from ncf_core.config import DataConfig, Entry, TrainConfig
 from ncf_core.errors import ConfigError
-from ncf_launch.common import UsageError
+from ncf_launch.aws_client import UsageError
 from ncf_launch.train import check_hyperparameters
-from ncf_sagemaker import platform
+from ncf_sagemaker import contract
 from ncf_sagemaker.training import hyperparameters
 from tests.support import ROOT
 
@@ -94,7 +94,7 @@ def test_unknown_names_are_refused_by_image_and_launcher():
 
 
 def test_platform_keys_are_the_platforms():
-    assert config.PLATFORM_HP_PREFIX == platform.DISTRIBUTION_HP_PREFIX
+    assert config.PLATFORM_HP_PREFIX == contract.DISTRIBUTION_HP_PREFIX
 
 
 def test_cli_defaults_are_the_schemas():

@@ -6,7 +6,7 @@ import pytest
 from ncf_core import data as ncf_data
 from ncf_core.errors import UnknownIdError
 from ncf_core.inference import IdMap, Recommender
-from ncf_core.pipeline import train_to_artifact
+from ncf_core.jobs import train_to_artifact
 from ncf_core.training import TrainConfig
 from tests.support.synthetic import SMALL_DATA, write_ratings_csv
 

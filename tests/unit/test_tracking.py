@@ -17,9 +17,9 @@ import pytest
 
 from ncf_core import artifact
 from ncf_core import data as ncf_data
-from ncf_core.pipeline import train_to_artifact
+from ncf_core.jobs import train_to_artifact
 from ncf_core.training import TrainConfig
-from ncf_sagemaker import platform, tracking
+from ncf_sagemaker import contract, tracking
 from tests.support import free_port
 from tests.support.mlflow_server import MlflowServer, require_mlflow
 from tests.support.sagemaker_tree import SageMakerTree
@@ -124,7 +124,7 @@ def test_evaluate_logs_its_figures_tagged_with_the_pipeline_execution(server: Ml
     train_to_artifact(ncf_data.load(prefix, seed=cfg.seed), cfg, model)
 
     base = tmp_path / "processing"
-    test_dir = base / platform.PROCESSING_SUBDIR / platform.PROCESSING_TEST
+    test_dir = base / contract.PROCESSING_SUBDIR / contract.PROCESSING_TEST
     test_dir.mkdir(parents=True)
     for suffix in (".test.rating", ".test.negative"):
         (test_dir / f"toy{suffix}").write_bytes(Path(f"{prefix}{suffix}").read_bytes())
@@ -137,7 +137,7 @@ def test_evaluate_logs_its_figures_tagged_with_the_pipeline_execution(server: Ml
         NCF_PIPELINE_EXECUTION_ARN=EXECUTION_ARN,
         NCF_TRAINING_JOB_NAME=JOB,
     )
-    command = [sys.executable, "-m", "ncf_sagemaker.evaluation", "--model", str(model)]
+    command = [sys.executable, "-m", "ncf_sagemaker.evaluation_job", "--model", str(model)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -152,9 +152,9 @@ def test_evaluate_logs_its_figures_tagged_with_the_pipeline_execution(server: Ml
 
 
 def test_a_resumed_job_continues_its_unfinished_run(server: MlflowServer, monkeypatch):
-    monkeypatch.setenv(platform.MLFLOW_TRACKING_URI_ENV, server.uri)
-    monkeypatch.setenv(platform.MLFLOW_EXPERIMENT_NAME_ENV, "ncf-test-resume")
-    monkeypatch.setenv(platform.TRAINING_JOB_NAME_ENV, "ncf-train-spot")
+    monkeypatch.setenv(contract.MLFLOW_TRACKING_URI_ENV, server.uri)
+    monkeypatch.setenv(contract.MLFLOW_EXPERIMENT_NAME_ENV, "ncf-test-resume")
+    monkeypatch.setenv(contract.TRAINING_JOB_NAME_ENV, "ncf-train-spot")
     first = tracking.start_training({"epochs": 10, "lr": 0.01})
     first.log_epoch({"epoch": 1, "hr": 0.5})
     first.end(tracking.KILLED)  # SIGTERM: the checkpoint resumes the job, under the same name
@@ -213,12 +213,12 @@ def test_a_server_failing_mid_run_is_one_warning_then_nothing(caplog):
 
 
 def test_no_tracking_uri_means_no_run(monkeypatch):
-    monkeypatch.delenv(platform.MLFLOW_TRACKING_URI_ENV, raising=False)
+    monkeypatch.delenv(contract.MLFLOW_TRACKING_URI_ENV, raising=False)
     run = tracking.start_training({"epochs": 1})
     assert not run.active
     run.log_epoch({"epoch": 1, "hr": 0.5})  # a no-op
     run.end()
-    monkeypatch.setenv(platform.MLFLOW_TRACKING_URI_ENV, " ")  # the pipeline's default when none is given
+    monkeypatch.setenv(contract.MLFLOW_TRACKING_URI_ENV, " ")  # the pipeline's default when none is given
     assert not tracking.start_training({}).active
 
 
@@ -226,7 +226,7 @@ def test_a_tracking_server_arn_goes_through_the_sagemaker_plugin(monkeypatch, ca
     """No such server (and, offline, no network): the plugin's signed request fails, one WARNING."""
     require_mlflow()
     arn = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/ncf-test"
-    monkeypatch.setenv(platform.MLFLOW_TRACKING_URI_ENV, arn)
+    monkeypatch.setenv(contract.MLFLOW_TRACKING_URI_ENV, arn)
     for name, value in {
         "AWS_ACCESS_KEY_ID": "x",
         "AWS_SECRET_ACCESS_KEY": "y",

@@ -18,7 +18,7 @@ import torch
 from ncf_core import artifact
 from ncf_core import data as ncf_data
 from ncf_core.errors import ConfigError
-from ncf_core.pipeline import train_to_artifact
+from ncf_core.jobs import train_to_artifact
 from ncf_core.training import TrainConfig, list_checkpoints
 from ncf_sagemaker.training import hyperparameters, job
 from tests.support import ROOT, free_port

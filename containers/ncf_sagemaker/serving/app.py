@@ -46,10 +46,10 @@ from starlette.types import Receive, Scope, Send
 
 from ncf_core import runtime
 
-from .. import platform
-from .errors import BadRequest, GatewayTimeout, HttpError, NotFound, PayloadTooLarge, RequestTimeout
+from .. import contract
 from .handler import LOADING, READY, Context, ServedModel
-from .registry import ModelRegistry
+from .http_errors import BadRequest, GatewayTimeout, HttpError, NotFound, PayloadTooLarge, RequestTimeout
+from .multi_model import ModelRegistry
 from .settings import BODY_TIMEOUT_ENV, Settings
 
 log = logging.getLogger("ncf_sagemaker.serving.app")
@@ -68,7 +68,7 @@ ABANDON_GRACE_S = 0.5
 IDLE_GC_S = 30.0
 READY_MARKER = "model-ready"
 
-_CUSTOM_ATTRIBUTES = platform.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
+_CUSTOM_ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 _JSON = b"application/json"
 # What this app keeps in a request's ASGI scope: when the request arrived, and its id.
 _START = "ncf.start"
@@ -214,7 +214,7 @@ class ServingApp(Starlette):
             context.cancel.set()
             self._watch_abandoned(future)
             raise GatewayTimeout(
-                f"the prediction took longer than {platform.MODEL_SERVER_TIMEOUT_ENV}={timeout} s"
+                f"the prediction took longer than {contract.MODEL_SERVER_TIMEOUT_ENV}={timeout} s"
             ) from None
         except asyncio.CancelledError:  # the client went away: nobody reads this answer
             context.cancel.set()
@@ -343,7 +343,7 @@ class ServingApp(Starlette):
             model = self.registry.local(name)
             return model if model is not None else await self._in_pool(self.registry.get, name)
         if name is not None:
-            raise NotFound(f"multi-model API is off (set {platform.MULTI_MODEL_ENV}=true): use /invocations")
+            raise NotFound(f"multi-model API is off (set {contract.MULTI_MODEL_ENV}=true): use /invocations")
         assert self.model is not None
         return self.model
 
@@ -396,7 +396,7 @@ class ServingApp(Starlette):
         size = "the body" if length is None else f"the body ({length} bytes)"
         return (
             f"{size} is over the {self.max_body // 2**20} MB limit "
-            f"({platform.MAX_PAYLOAD_IN_MB_ENV}); split the request"
+            f"({contract.MAX_PAYLOAD_IN_MB_ENV}); split the request"
         )
 
     # ------------------------------------------------------------------ batch transform and MME management
@@ -443,7 +443,7 @@ class ServingApp(Starlette):
 
     def _registry(self) -> ModelRegistry:
         if self.registry is None:
-            raise NotFound(f"the multi-model API needs {platform.MULTI_MODEL_ENV}=true")
+            raise NotFound(f"the multi-model API needs {contract.MULTI_MODEL_ENV}=true")
         return self.registry
 
     def _json(self, request: Request, obj: Any) -> Response:

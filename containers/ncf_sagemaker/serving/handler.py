@@ -15,7 +15,7 @@ our defaults below. Signatures are sagemaker-inference's, each with an optional 
 plus our optional ``warmup_fn(model)``, run once before /ping turns 200 (the default warms the default
 model up with a real request; a custom ``model_fn`` without ``warmup_fn`` is ready once it returns).
 
-Errors: raise ``ncf_sagemaker.serving.errors.HttpError`` subclasses for a specific status; a ValueError
+Errors: raise ``ncf_sagemaker.serving.http_errors.HttpError`` subclasses for a specific status; a ValueError
 or KeyError from ``input_fn`` or ``predict_fn`` is the client's fault (400); anything else is a 500 logged
 with the request id.
 
@@ -41,7 +41,7 @@ from ncf_core.errors import NcfError, UnknownIdError
 from ncf_core.inference import Recommender
 
 from . import protocol
-from .errors import BadRequest, HttpError, ServiceUnavailable
+from .http_errors import BadRequest, HttpError, ServiceUnavailable
 
 log = logging.getLogger("ncf_sagemaker.serving.handler")
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import orjson
 
 from . import sliced_json
-from .errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from .http_errors import BadRequest, NotAcceptable, UnsupportedMediaType
 from .settings import DEFAULT_K
 
 JSON = "application/json"

@@ -23,7 +23,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from .. import platform
+from .. import contract
 from . import settings as settings_module
 from .gunicorn_config import options
 
@@ -34,13 +34,13 @@ _THREAD_POOL_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
     p.add_argument(
-        "--model-dir", type=Path, help=f"model directory (default: ${platform.BASE_DIR_ENV}/model)"
+        "--model-dir", type=Path, help=f"model directory (default: ${contract.BASE_DIR_ENV}/model)"
     )
-    p.add_argument("--port", type=int, help=f"sets {platform.BIND_TO_PORT_ENV} (default 8080)")
+    p.add_argument("--port", type=int, help=f"sets {contract.BIND_TO_PORT_ENV} (default 8080)")
     p.add_argument("--host", help=f"sets {settings_module.BIND_HOST_ENV} (default 0.0.0.0)")
-    p.add_argument("--workers", type=int, help=f"sets {platform.MODEL_SERVER_WORKERS_ENV}")
+    p.add_argument("--workers", type=int, help=f"sets {contract.MODEL_SERVER_WORKERS_ENV}")
     p.add_argument("--threads", type=int, help=f"sets {settings_module.THREADS_ENV}")
-    p.add_argument("--multi-model", action="store_true", help=f"sets {platform.MULTI_MODEL_ENV}=true")
+    p.add_argument("--multi-model", action="store_true", help=f"sets {contract.MULTI_MODEL_ENV}=true")
     # SageMaker passes "serve" as the argument when the image's ENTRYPOINT is this program itself.
     p.add_argument("command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -51,22 +51,22 @@ def _export(args: argparse.Namespace) -> None:
         # The model dir is $SAGEMAKER_BASE_DIR/model; a bare directory gets a private base via a link.
         target = args.model_dir.resolve()
         if target.name == "model":
-            os.environ[platform.BASE_DIR_ENV] = str(target.parent)
+            os.environ[contract.BASE_DIR_ENV] = str(target.parent)
         else:
             base = Path(tempfile.mkdtemp(prefix="ncf-serve-base-"))
             (base / "model").symlink_to(target, target_is_directory=True)
-            os.environ[platform.BASE_DIR_ENV] = str(base)
+            os.environ[contract.BASE_DIR_ENV] = str(base)
             atexit.register(shutil.rmtree, base, ignore_errors=True)
     for value, name in (
-        (args.port, platform.BIND_TO_PORT_ENV),
+        (args.port, contract.BIND_TO_PORT_ENV),
         (args.host, settings_module.BIND_HOST_ENV),
-        (args.workers, platform.MODEL_SERVER_WORKERS_ENV),
+        (args.workers, contract.MODEL_SERVER_WORKERS_ENV),
         (args.threads, settings_module.THREADS_ENV),
     ):
         if value is not None:
             os.environ[name] = str(value)
     if args.multi_model:
-        os.environ[platform.MULTI_MODEL_ENV] = "true"
+        os.environ[contract.MULTI_MODEL_ENV] = "true"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +139,7 @@ def build_app(settings: settings_module.Settings) -> Any:
     """The ASGI app for ``settings`` (imports torch: call it after the thread variables are set)."""
     from .app import ServingApp
     from .handler import ServedModel
-    from .registry import ModelRegistry
+    from .multi_model import ModelRegistry
 
     if settings.multi_model:
         assert settings.mme_state_dir is not None

@@ -1,6 +1,6 @@
 """Every serving knob, read once from the environment into a frozen dataclass.
 
-SageMaker's own names (``SAGEMAKER_*``) live in ``ncf_sagemaker.platform``; the ``NCF_*`` names here are
+SageMaker's own names (``SAGEMAKER_*``) live in ``ncf_sagemaker.contract``; the ``NCF_*`` names here are
 ours. ``serve`` resolves them once in the gunicorn master; the workers inherit that object through the fork,
 so every process of a server sees exactly the same values.
 """
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import platform
+from .. import contract
 
 THREADS_ENV = "NCF_SERVER_THREADS"
 TORCH_THREADS_ENV = "NCF_TORCH_THREADS"
@@ -126,7 +126,7 @@ class Settings:
     def from_env(cls) -> Settings:
         """Read ``os.environ`` (paths through ``platform``, so ``SAGEMAKER_BASE_DIR`` applies)."""
         env = os.environ
-        workers = _int(env, platform.MODEL_SERVER_WORKERS_ENV, default_workers())
+        workers = _int(env, contract.MODEL_SERVER_WORKERS_ENV, default_workers())
         access_log = env.get(ACCESS_LOG_ENV, "all").strip().lower() or "all"
         if access_log not in ACCESS_LOG_MODES:
             raise SettingsError(
@@ -136,15 +136,15 @@ class Settings:
         state_dir = env.get(MME_STATE_DIR_ENV, "").strip()
         return cls(
             host=env.get(BIND_HOST_ENV, "0.0.0.0").strip() or "0.0.0.0",
-            port=_int(env, platform.BIND_TO_PORT_ENV, platform.DEFAULT_PORT),
+            port=_int(env, contract.BIND_TO_PORT_ENV, contract.DEFAULT_PORT),
             workers=workers,
             threads=threads,
             torch_threads=_int(env, TORCH_THREADS_ENV, 1),
-            timeout_s=_int(env, platform.MODEL_SERVER_TIMEOUT_ENV, DEFAULT_TIMEOUT_S),
-            max_payload_bytes=_int(env, platform.MAX_PAYLOAD_IN_MB_ENV, platform.DEFAULT_MAX_PAYLOAD_IN_MB)
+            timeout_s=_int(env, contract.MODEL_SERVER_TIMEOUT_ENV, DEFAULT_TIMEOUT_S),
+            max_payload_bytes=_int(env, contract.MAX_PAYLOAD_IN_MB_ENV, contract.DEFAULT_MAX_PAYLOAD_IN_MB)
             * 2**20,
-            multi_model=_bool(env, platform.MULTI_MODEL_ENV),
-            model_dir=platform.model_dir(),
+            multi_model=_bool(env, contract.MULTI_MODEL_ENV),
+            model_dir=contract.model_dir(),
             mme_memory_budget_mb=_int(env, MME_BUDGET_ENV, total_memory_mb() // 2),
             mme_state_dir=Path(state_dir) if state_dir else None,
             access_log=access_log,

@@ -24,11 +24,11 @@ from typing import Any
 from ncf_core import data as ncf_data
 from ncf_core import runtime
 from ncf_core.errors import ConfigError, DataError, NcfError
+from ncf_core.jobs import train_to_artifact
 from ncf_core.jsonio import write_json
-from ncf_core.pipeline import train_to_artifact
 from ncf_core.training import Distributed, EpochReport
 
-from .. import platform, tracking
+from .. import contract, tracking
 from . import distributed, hyperparameters, pretrained, reports, script_mode
 
 log = logging.getLogger("ncf_sagemaker.train")
@@ -52,7 +52,7 @@ def read_json(path: Path, default: Any) -> Any:
 
 
 def write_failure(reason: str) -> None:
-    path = platform.failure_file()
+    path = contract.failure_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(reason[:FAILURE_LIMIT])
@@ -72,8 +72,8 @@ def _one(directory: Path, pattern: str) -> Path:
 def load_job_data(options: hyperparameters.JobOptions) -> ncf_data.Interactions:
     """The ``train`` channel (NCF files or raw ratings), plus the ``test`` channel's NCF files if given."""
     cfg, split = options.config, options.data
-    train_dir = platform.channel_dir(platform.TRAIN_CHANNEL)
-    test_dir = platform.channel_dir(platform.TEST_CHANNEL)
+    train_dir = contract.channel_dir(contract.TRAIN_CHANNEL)
+    test_dir = contract.channel_dir(contract.TEST_CHANNEL)
     if not train_dir.is_dir():
         raise DataError("the required 'train' channel is missing (no directory)", train_dir)
     if test_dir.is_dir() and any(p for p in test_dir.iterdir() if not p.name.startswith(".")):
@@ -139,7 +139,7 @@ class Job:
         try:
             data = load_job_data(self.options)
             history: list[dict[str, Any]] = []
-            out = platform.output_data_dir()
+            out = contract.output_data_dir()
 
             def on_epoch(report: EpochReport) -> None:
                 history.append(report.as_dict())
@@ -149,8 +149,8 @@ class Job:
             result = train_to_artifact(
                 data,
                 config,
-                platform.model_dir(),
-                checkpoint_dir=platform.checkpoint_dir(),
+                contract.model_dir(),
+                checkpoint_dir=contract.checkpoint_dir(),
                 dist=Distributed(rank, world),
                 should_stop=stop.is_set,
                 on_epoch=on_epoch,
@@ -158,7 +158,7 @@ class Job:
             )
             if result.stopped:
                 log.info(
-                    "stopped on request; the checkpoint in %s resumes the run", platform.checkpoint_dir()
+                    "stopped on request; the checkpoint in %s resumes the run", contract.checkpoint_dir()
                 )
                 run.end(tracking.KILLED)
                 return EXIT_STOPPED
@@ -179,7 +179,7 @@ class Job:
                 run.log_kept(result.summary())
                 for name in (reports.CURVE_FILE, reports.METRICS_FILE, reports.REPORT_FILE):
                     run.log_file(out / name, tracking.REPORTS_PATH)
-                run.log_directory(platform.model_dir(), tracking.MODEL_PATH)
+                run.log_directory(contract.model_dir(), tracking.MODEL_PATH)
             run.end(tracking.FINISHED)
             return EXIT_OK
         except BaseException:
@@ -227,11 +227,11 @@ def _guarded(body) -> int:
 
 
 def _run() -> int:
-    raw = read_json(platform.hyperparameters_file(), {})
-    resource_config = read_json(platform.resource_config_file(), {})
-    input_config = read_json(platform.input_data_config_file(), None)
+    raw = read_json(contract.hyperparameters_file(), {})
+    resource_config = read_json(contract.resource_config_file(), {})
+    input_config = read_json(contract.input_data_config_file(), None)
     if input_config is None:  # local runs: whatever channel directories exist
-        data_root = platform.input_dir() / "data"
+        data_root = contract.input_dir() / "data"
         input_config = {p.name: {} for p in data_root.iterdir()} if data_root.is_dir() else {}
     channels = sorted(input_config)
 
@@ -244,12 +244,12 @@ def _run() -> int:
         return EXIT_OK
 
     options = hyperparameters.parse(raw)
-    if platform.TRAIN_CHANNEL not in input_config:
+    if contract.TRAIN_CHANNEL not in input_config:
         raise ConfigError(f"the 'train' channel is required; this job has channels {channels or 'none'}")
     pretrain_dir = pretrained.prepare(options.config.model)
     if pretrain_dir is not None:
         options.config.pretrain_dir = str(pretrain_dir)
-    mpi = hyperparameters.convert(platform.MPI_ENABLED_HP, raw.get(platform.MPI_ENABLED_HP, "false"), bool)
+    mpi = hyperparameters.convert(contract.MPI_ENABLED_HP, raw.get(contract.MPI_ENABLED_HP, "false"), bool)
     placement = distributed.resolve(resource_config, options.config.device, mpi_enabled=mpi)
     job = Job(options, placement, channels)
     log.info(
@@ -270,7 +270,7 @@ def _run() -> int:
         except mp.ProcessExitedException as exc:
             if exc.exit_code == EXIT_STOPPED:
                 return EXIT_STOPPED
-            if not platform.failure_file().exists():
+            if not contract.failure_file().exists():
                 write_failure(f"a training worker exited with code {exc.exit_code}")
             return EXIT_FAILED
         return EXIT_OK

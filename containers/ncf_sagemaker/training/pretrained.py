@@ -14,7 +14,7 @@ from pathlib import Path
 from ncf_core import artifact
 from ncf_core.errors import ConfigError, DataError
 
-from .. import platform
+from .. import contract
 from ..archives import extract_tar
 
 log = logging.getLogger("ncf_sagemaker.training.pretrained")
@@ -22,14 +22,14 @@ log = logging.getLogger("ncf_sagemaker.training.pretrained")
 
 def prepare(model: str) -> Path | None:
     """A directory holding ``gmf/`` and ``mlp/`` artifacts when both channels are given, else None."""
-    given = {name: platform.channel_dir(name) for name in platform.PRETRAIN_CHANNELS}
+    given = {name: contract.channel_dir(name) for name in contract.PRETRAIN_CHANNELS}
     given = {name: path for name, path in given.items() if path.is_dir()}
     if not given:
         return None
-    missing = [name for name in platform.PRETRAIN_CHANNELS if name not in given]
+    missing = [name for name in contract.PRETRAIN_CHANNELS if name not in given]
     if missing:
         raise ConfigError(
-            f"pre-training needs both the {' and '.join(platform.PRETRAIN_CHANNELS)} channels; "
+            f"pre-training needs both the {' and '.join(contract.PRETRAIN_CHANNELS)} channels; "
             f"{', '.join(missing)} is missing"
         )
     if model != "neumf":

@@ -22,7 +22,7 @@ from typing import Any
 
 from ncf_core.errors import ConfigError
 
-from .. import platform
+from .. import contract
 from ..archives import extract_tar
 
 log = logging.getLogger("ncf_sagemaker.training.script_mode")
@@ -31,13 +31,13 @@ log = logging.getLogger("ncf_sagemaker.training.script_mode")
 def requested(raw_hyperparameters: dict[str, Any]) -> str | None:
     from .hyperparameters import decode
 
-    program = os.environ.get(platform.PROGRAM_ENV) or decode(raw_hyperparameters.get(platform.PROGRAM_HP, ""))
+    program = os.environ.get(contract.PROGRAM_ENV) or decode(raw_hyperparameters.get(contract.PROGRAM_HP, ""))
     return str(program) if program else None
 
 
 def prepare_code(submit: str) -> Path:
     """The directory holding the user's code, downloading/unpacking it when needed."""
-    dest = platform.code_dir()
+    dest = contract.code_dir()
     if submit.startswith("s3://"):
         import boto3  # only needed for this path
 
@@ -62,20 +62,20 @@ def prepare_code(submit: str) -> Path:
 def sm_environment(user_hps: dict[str, Any], resource_config: dict[str, Any], channels: list[str]) -> dict:
     hosts = resource_config.get("hosts") or ["algo-1"]
     env = {
-        "SM_MODEL_DIR": str(platform.model_dir()),
-        "SM_OUTPUT_DATA_DIR": str(platform.output_data_dir()),
-        "SM_OUTPUT_DIR": str(platform.output_dir()),
-        "SM_INPUT_DIR": str(platform.input_dir()),
-        "SM_INPUT_CONFIG_DIR": str(platform.config_dir()),
+        "SM_MODEL_DIR": str(contract.model_dir()),
+        "SM_OUTPUT_DATA_DIR": str(contract.output_data_dir()),
+        "SM_OUTPUT_DIR": str(contract.output_dir()),
+        "SM_INPUT_DIR": str(contract.input_dir()),
+        "SM_INPUT_CONFIG_DIR": str(contract.config_dir()),
         "SM_CHANNELS": json.dumps(channels),
         "SM_HPS": json.dumps(user_hps),
         "SM_HOSTS": json.dumps(hosts),
         "SM_CURRENT_HOST": str(resource_config.get("current_host") or hosts[0]),
         "SM_NUM_GPUS": str(_gpu_count()),
-        "SM_CHECKPOINT_DIR": str(platform.checkpoint_dir()),
+        "SM_CHECKPOINT_DIR": str(contract.checkpoint_dir()),
     }
     for name in channels:
-        env[f"SM_CHANNEL_{name.upper()}"] = str(platform.channel_dir(name))
+        env[f"SM_CHANNEL_{name.upper()}"] = str(contract.channel_dir(name))
     for key, value in user_hps.items():
         env[f"SM_HP_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
@@ -94,14 +94,14 @@ def run(program: str, raw_hps: dict[str, Any], resource_config: dict[str, Any], 
     """Run the user's script to completion, forwarding SIGTERM; returns its exit code."""
     from .hyperparameters import decode
 
-    submit = os.environ.get(platform.SUBMIT_DIRECTORY_ENV) or decode(
-        raw_hps.get(platform.SUBMIT_DIRECTORY_HP, str(platform.code_dir()))
+    submit = os.environ.get(contract.SUBMIT_DIRECTORY_ENV) or decode(
+        raw_hps.get(contract.SUBMIT_DIRECTORY_HP, str(contract.code_dir()))
     )
     code = prepare_code(str(submit))
     script = code / program
     if not script.is_file():
         raise ConfigError(f"script mode: {program!r} not found in {submit}")
-    user_hps = {k: decode(v) for k, v in raw_hps.items() if not k.startswith(platform.DISTRIBUTION_HP_PREFIX)}
+    user_hps = {k: decode(v) for k, v in raw_hps.items() if not k.startswith(contract.DISTRIBUTION_HP_PREFIX)}
     requirements = code / "requirements.txt"
     if requirements.is_file():
         log.info("installing %s", requirements)

@@ -32,7 +32,7 @@ import os
 import re
 import time
 
-from ncf_launch.common import (
+from ncf_launch.aws_client import (
     SERVE_REPOSITORY,
     TRAIN_REPOSITORY,
     Aws,
@@ -55,7 +55,7 @@ from ncf_launch.common import (
     say,
     show_request,
 )
-from ncf_sagemaker import platform
+from ncf_sagemaker import contract
 
 from . import parameters as P
 from .pipeline import DEFAULT_NAME, Settings
@@ -154,7 +154,7 @@ def settings_for(args: argparse.Namespace, aws: Aws | None) -> Settings:
             images[flag] = given
         else:
             images[flag] = default_image(aws, repository)
-    tracking = os.environ.get(platform.MLFLOW_TRACKING_URI_ENV, "").strip()
+    tracking = os.environ.get(contract.MLFLOW_TRACKING_URI_ENV, "").strip()
     return Settings(
         args.name, region, role, args.bucket, args.prefix, data_uri=data, tracking_uri=tracking, **images
     )

@@ -17,7 +17,7 @@ from .evaluation import Metrics, evaluate
 from .models import NCF
 from .training import Distributed, EpochReport, TrainConfig, Trainer, TrainResult
 
-log = logging.getLogger("ncf_core.pipeline")
+log = logging.getLogger("ncf_core.jobs")
 
 PRETRAIN_SUBDIRS = ("gmf", "mlp")
 

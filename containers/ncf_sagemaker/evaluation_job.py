@@ -24,7 +24,7 @@ from ncf_core.config import DEFAULT_TOP_K
 from ncf_core.errors import DataError, NcfError
 from ncf_core.jsonio import write_json
 
-from . import platform, tracking
+from . import contract, tracking
 from .archives import extract_tar
 
 if TYPE_CHECKING:
@@ -76,16 +76,16 @@ def model_directory(source: Path, scratch: Path) -> Path:
 
     if artifact.is_artifact(source):
         return source
-    archive = source if source.is_file() else source / platform.MODEL_ARCHIVE
+    archive = source if source.is_file() else source / contract.MODEL_ARCHIVE
     if not archive.is_file():
-        raise DataError(f"no {platform.MODEL_ARCHIVE} and no artifact in the model input", source)
+        raise DataError(f"no {contract.MODEL_ARCHIVE} and no artifact in the model input", source)
     extract_tar(archive, scratch)
     return scratch
 
 
 def evaluate(model_input: Path, test_input: Path, k: int = DEFAULT_TOP_K) -> dict[str, Any]:
     from ncf_core import data as ncf_data  # numpy and torch: only once the program runs
-    from ncf_core.pipeline import evaluate_test_files
+    from ncf_core.jobs import evaluate_test_files
 
     rating = _one(test_input, ncf_data.NCF_SUFFIXES["test"])
     negative = _one(test_input, ncf_data.NCF_SUFFIXES["negative"])
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runtime.flush_denormals()  # before any torch thread starts
-    model = args.model or platform.processing_dir(platform.PROCESSING_MODEL)
-    test = args.test or platform.processing_dir(platform.PROCESSING_TEST)
-    output = args.output or platform.processing_dir(platform.PROCESSING_EVALUATION)
+    model = args.model or contract.processing_dir(contract.PROCESSING_MODEL)
+    test = args.test or contract.processing_dir(contract.PROCESSING_TEST)
+    output = args.output or contract.processing_dir(contract.PROCESSING_EVALUATION)
     try:
         if args.k < 1:
             raise DataError(f"--k must be at least 1, got {args.k}")
@@ -122,15 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         reason = f"evaluation failed: {exc}"
         print(reason, file=sys.stderr, flush=True)
         try:
-            message = platform.exit_message_file()
+            message = contract.exit_message_file()
             message.parent.mkdir(parents=True, exist_ok=True)
-            message.write_text(reason[: platform.EXIT_MESSAGE_LIMIT], encoding="utf-8")
+            message.write_text(reason[: contract.EXIT_MESSAGE_LIMIT], encoding="utf-8")
         except OSError as write_error:  # never mask the reason
             log.error("could not write the exit message: %s", write_error)
         return 1
-    write_json(output / platform.EVALUATION_REPORT, result)
+    write_json(output / contract.EVALUATION_REPORT, result)
     print(json.dumps(result), flush=True)
-    track(result, output / platform.EVALUATION_REPORT)
+    track(result, output / contract.EVALUATION_REPORT)
     return 0
 
 

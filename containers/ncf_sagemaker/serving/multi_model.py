@@ -37,10 +37,10 @@ import orjson
 
 from ncf_core.artifact import is_artifact
 
-from .errors import BadRequest, Conflict, InsufficientStorage, NotFound, ServiceUnavailable
 from .handler import ServedModel
+from .http_errors import BadRequest, Conflict, InsufficientStorage, NotFound, ServiceUnavailable
 
-log = logging.getLogger("ncf_sagemaker.serving.registry")
+log = logging.getLogger("ncf_sagemaker.serving.multi_model")
 
 REGISTRY_FILE = "registry.json"
 LOCK_FILE = "registry.lock"
