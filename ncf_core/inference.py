@@ -257,6 +257,10 @@ class Recommender:
         """Top-``k`` for each user; ``checkpoint`` runs before each chunk of ``RECOMMEND_CHUNK`` users,
         and may raise to abandon the call (a server stops a request nobody waits for any more)."""
         self._check_k(k)
+        if candidates is not None and len(candidates) > self.num_items:
+            raise ValueError(
+                f"'candidates' holds {len(candidates)} ids but the model knows only {self.num_items} items"
+            )
         cand = None if candidates is None else self._candidate_indices(candidates)
         idx = [self.users.get(u) for u in users]
         out: list[Recommendation] = []
@@ -273,12 +277,12 @@ class Recommender:
                     out.append(self._best(users[pos], u, next(rows), k, cand, exclude_seen))
         return out
 
-    def top_items(self, users: Sequence, items: Sequence, k: int) -> tuple[list, bool]:
+    def top_items(self, users: Sequence, items: Sequence, k: int) -> Recommendation:
         """The workshop's question: score each (user, item) pair, answer the items of the best ``k`` pairs.
 
-        Returns (items, fallback); ``fallback`` is True when an unknown user's pairs were ranked by
-        popularity. The usual request (one user against candidate items) is a ``recommend`` without
-        excluding seen items.
+        ``fallback`` is True when an unknown user's pairs were ranked by popularity; ``user`` is the one
+        user the pairs share (None when they mix users). The usual request (one user against candidate
+        items) is a ``recommend`` without excluding seen items.
         """
         self._check_k(k)
         if len(users) != len(items):
@@ -289,16 +293,22 @@ class Recommender:
         if users.count(first) == len(users):
             u = self.users.get(first)
             if u is None:
-                return self._popular_for(first, k, self._candidate_indices(items)).items, True
+                return self._popular_for(first, k, self._candidate_indices(items))
             idx = self.items.lookup(items, "item")
-            return self.items.raw(idx[top_k(self.scorer.user(u, idx), k)]), False
+            return self._best(first, u, self.scorer.user(u, idx), k, idx, exclude_seen=False)
         scored = self.score_pairs(users, items)
-        order = top_k(np.asarray(scored.scores), k)
-        return [scored.items[i] for i in order.tolist()], any(scored.fallback)
+        scores = np.asarray(scored.scores)
+        order = top_k(scores, k).tolist()
+        return Recommendation(
+            None, [scored.items[i] for i in order], scores[order].tolist(), any(scored.fallback)
+        )
 
     def _check_k(self, k: int) -> None:
+        """The one check on ``k`` (every caller's: CLI, serving, evaluation helpers)."""
         if k < 1:
-            raise ValueError(f"k must be ≥ 1, got {k}")
+            raise ValueError(f"'k' must be ≥ 1, got {k}")
+        if k > self.num_items:
+            raise ValueError(f"'k' is {k} but the model knows only {self.num_items} items")
 
     def _best(
         self, user: object, u: int, logits: np.ndarray, k: int, cand: np.ndarray | None, exclude_seen: bool

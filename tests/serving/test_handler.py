@@ -3,21 +3,32 @@ calls, user overrides from ``code/inference.py``, and model health."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import orjson
 import pytest
 
-from ncf_core.errors import UnknownIdError
 from ncf_core.inference import Recommender
 from ncf_sagemaker.serving import handler as handler_module
 from ncf_sagemaker.serving import protocol
 from ncf_sagemaker.serving.handler import FAILED, READY, Context, ServedModel, load_handler
-from ncf_sagemaker.serving.http_errors import BadRequest, ServiceUnavailable
+from ncf_sagemaker.serving.responses import (
+    BadRequest,
+    NotAcceptable,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from tests.support.serving import copy_model, group_of_item, group_of_user
 
 
-def ctx() -> Context:
-    return Context(request_id="test")
+def ctx(**kwargs) -> Context:
+    return Context(request_id="test", **kwargs)
+
+
+def invoke(model: ServedModel, body: bytes, content_type: str | None, context: Context):
+    """The app's two calls, in the calling thread."""
+    return model.answer(model.decode(body, content_type, context), context)
 
 
 # ----------------------------------------------------------------------------------- default handler
@@ -36,7 +47,7 @@ def test_default_pipeline_answers_all_three_shapes_from_the_model(model_dir, rec
     )
     top, recs, scores = handler_module.predict_fn(batch, model).results
     assert top.items == rec.recommend(user, 5, items, exclude_seen=False).items and not top.fallback
-    mine, unknown = recs.recommendations
+    mine, unknown = recs
     assert [group_of_item(i) for i in mine.items] == [group_of_user(user)] * 4
     assert not set(mine.items) & set(rec.items.raw(rec.seen(0)))
     assert unknown.fallback and unknown.items == rec.recommend(10**6, 4).items
@@ -53,17 +64,26 @@ def test_seed_shape_with_mixed_users_ranks_all_pairs(rec):
     (result,) = handler_module.predict_fn(batch, rec).results
     expected = np.asarray(rec.score(users, items))
     assert result.items == [items[i] for i in np.argsort(-expected, kind="stable")]
+    assert result.user is None and not result.fallback
 
 
-def test_k_beyond_the_catalogue_and_unknown_items_are_client_errors(rec):
+def test_the_models_own_checks_are_client_errors_that_name_the_record(rec):
+    """``k``, candidates and unknown items are the Recommender's to judge; predict_fn says where."""
+
     def predict(query):
-        return handler_module.predict_fn(protocol.Batch([query], "json"), rec)
+        return handler_module.predict_fn(protocol.Batch([query], "jsonlines"), rec)
 
-    with pytest.raises(BadRequest, match=f"only {rec.num_items} items"):
-        predict(protocol.RecommendQuery([1], rec.num_items + 1, None, True))
-    with pytest.raises(BadRequest, match=f"only {rec.num_items} items"):
+    with pytest.raises(
+        BadRequest, match=f"line 3: 'k' is {rec.num_items + 1} but .* only {rec.num_items} items"
+    ):
+        predict(protocol.RecommendQuery([1], rec.num_items + 1, None, True, "line 3"))
+    with pytest.raises(BadRequest, match=f"body: 'k' is .* only {rec.num_items} items"):
         predict(protocol.TopItemsQuery([1], [rec.items.ids[0]], rec.num_items + 1))
-    with pytest.raises(UnknownIdError):
+    with pytest.raises(BadRequest, match="line 2: 'k' must be ≥ 1, got 0"):
+        predict(protocol.RecommendQuery([1], 0, None, True, "line 2"))
+    with pytest.raises(BadRequest, match=f"CSV: 'candidates' holds {rec.num_items + 1} ids"):
+        predict(protocol.RecommendQuery([1], 1, [rec.items.ids[0]] * (rec.num_items + 1), True, "CSV"))
+    with pytest.raises(BadRequest, match="body: unknown item id 424242"):
         predict(protocol.ScoreQuery([1], [424242]))
 
 
@@ -104,13 +124,16 @@ def test_user_code_overrides_some_steps_and_gets_the_context(model_dir, tmp_path
     assert model.handler.overridden == {"input_fn", "predict_fn", "output_fn"}
     assert model.handler.model_fn is handler_module.model_fn
     context = Context(request_id="r1", custom_attributes="k=2")
-    reply = model.invoke(b"1", "application/x-ncf-test", None, context)
-    assert reply.content_type == "application/x-ncf-out"
+    assert model.input_cost(b"1") is None  # user code: the app runs it in its thread pool
+    decoded = model.decode(b"1", "application/x-ncf-test", context)
+    assert decoded.cost is None
+    reply = model.answer(decoded, context)
+    assert (reply.status, reply.content_type) == (200, "application/x-ncf-out")
     assert orjson.loads(reply.body) == {"items": rec.recommend(1, 2).items, "attrs": "k=2"}
     with pytest.raises(BadRequest, match="custom input_fn says the body is bad"):
-        model.invoke(b"bad", "application/x-ncf-test", None, context)
+        invoke(model, b"bad", "application/x-ncf-test", context)
     with pytest.raises(RuntimeError, match="a bug in user code"):
-        model.invoke(b"0", "application/x-ncf-test", None, context)
+        invoke(model, b"0", "application/x-ncf-test", context)
 
 
 def test_custom_model_fn_without_warmup_is_ready_when_it_returns(model_dir, tmp_path):
@@ -128,7 +151,7 @@ def test_broken_user_code_fails_the_model_with_the_reason(model_dir, tmp_path):
     status, message = model.health()
     assert status == 503 and "No module named 'no_such_module_here'" in message
     with pytest.raises(ServiceUnavailable, match="no_such_module_here"):
-        model.invoke(b"{}", "application/json", None, ctx())
+        invoke(model, b"{}", "application/json", ctx())
 
 
 def test_missing_or_corrupt_artifact_fails_with_the_reason(model_dir, tmp_path):
@@ -156,3 +179,47 @@ def test_health_is_503_until_warm_up_succeeded(model_dir, monkeypatch):
     model.load()
     assert calls and model.health() == (503, model.error)
     assert "warm-up prediction failed" in model.error
+
+
+def test_the_default_pipeline_is_the_handler_contract_and_prices_its_steps(model_dir, rec):
+    """input_fn → predict_fn → output_fn is the fast path itself; the model states each step's cost."""
+    model = ServedModel(model_dir)
+    assert model.load() and model.handler.overridden == frozenset()
+    body = orjson.dumps({"users": [rec.users.ids[0]], "k": 3, "candidates": rec.items.ids[:40]})
+    assert model.input_cost(body) == len(body)
+    decoded = model.decode(body, "application/json", ctx(accept="application/json"))
+    assert isinstance(decoded.data, protocol.Batch) and decoded.cost == 40
+    reply = model.answer(decoded, ctx())
+    want = rec.recommend(rec.users.ids[0], 3, rec.items.ids[:40])
+    assert orjson.loads(reply.body) == {"recommendations": [want.as_dict()]}
+    assert model.decode(orjson.dumps({"users": [1]}), None, ctx()).cost == rec.num_items
+    # 415 and 406 come from input_fn before any parsing: the body here is not even JSON
+    with pytest.raises(NotAcceptable):
+        model.decode(b"not json", "application/json", ctx(accept="text/csv"))
+    with pytest.raises(UnsupportedMediaType):
+        model.decode(b"not json", "text/plain", ctx())
+
+
+def test_our_output_fn_encodes_what_a_users_predict_fn_returns_as_json(model_dir, tmp_path):
+    code = "import numpy as np\n\ndef predict_fn(data, model):\n    return {'n': np.arange(3)}\n"
+    model = ServedModel(copy_model(model_dir, tmp_path / "m", code), module_name="t_plain_predict")
+    assert model.load()
+    decoded = model.decode(b'{"users": [1]}', "application/json", ctx())
+    assert decoded.cost is None  # a user's predict_fn: cost unknown
+    reply = model.answer(decoded, ctx())
+    assert (reply.content_type, orjson.loads(reply.body)) == ("application/json", {"n": [0, 1, 2]})
+    with pytest.raises(NotAcceptable):
+        model.answer(decoded, ctx(accept="text/csv"))
+
+
+def test_the_documented_custom_output_fn_works_as_written(model_dir, tmp_path, rec):
+    """The example in containers/serve/README.md (Custom code), run as a user would drop it in."""
+    readme = (Path(__file__).resolve().parents[2] / "containers" / "serve" / "README.md").read_text()
+    section = readme.split("## Custom code", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    model = ServedModel(copy_model(model_dir, tmp_path / "m", code), module_name="t_readme_output")
+    assert model.load()
+    users = rec.users.ids[:2]
+    reply = invoke(model, orjson.dumps({"users": users, "k": 3}), "application/json", ctx())
+    answer = orjson.loads(reply.body)["answer"]
+    assert answer == {str(u): rec.recommend(u, 3).items for u in users}

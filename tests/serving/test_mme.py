@@ -10,8 +10,8 @@ import weakref
 
 import pytest
 
-from ncf_sagemaker.serving.http_errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from ncf_sagemaker.serving.multi_model import COST_FACTOR, ModelRegistry, artifact_bytes
+from ncf_sagemaker.serving.responses import BadRequest, Conflict, InsufficientStorage, NotFound
 from tests.support.serving import assert_json_error, copy_model, running_server
 
 WORKERS = 2

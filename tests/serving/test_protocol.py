@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from ncf_core.inference import Recommendation
+from ncf_core.inference import PairScores, Recommendation
 from ncf_sagemaker.serving import protocol
-from ncf_sagemaker.serving.http_errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from ncf_sagemaker.serving.responses import BadRequest, NotAcceptable, UnsupportedMediaType
 
 
 @pytest.mark.parametrize(
@@ -92,8 +92,6 @@ def test_recommend_and_pairs_parse_with_defaults_and_options():
         (b'{"user": [true], "item": [2]}', "user[0] must be an integer or string id, got a boolean"),
         (b'{"user": [[1]], "item": [2]}', "user[0] must be an integer or string id, got an array"),
         (b'{"user": [" "], "item": [2]}', "user[0] is an empty string"),
-        (b'{"user": [1], "item": [2], "k": 0}', "'k' must be ≥ 1, got 0"),
-        (b'{"user": [1], "item": [2], "k": -5}', "'k' must be ≥ 1, got -5"),
         (b'{"user": [1], "item": [2], "k": "10"}', "'k' must be an integer"),
         (b'{"user": [1], "item": [2], "k": 2.0}', "'k' must be an integer"),
         (b'{"user": [1], "item": [2], "top": 3}', "unknown field(s) ['top']"),
@@ -116,17 +114,23 @@ def test_jsonlines_one_query_per_line_and_errors_name_the_line():
     body = b'{"user": [1], "item": [2]}\n\n{"users": [3], "k": 2}\n{"pairs": [[1, 2]]}\n'
     batch = protocol.parse(body, "jsonlines")
     assert [type(q).__name__ for q in batch.queries] == ["TopItemsQuery", "RecommendQuery", "ScoreQuery"]
-    with pytest.raises(BadRequest, match="line 2: 'k' must be ≥ 1"):
-        protocol.parse(b'{"users": [1]}\n{"users": [1], "k": 0}\n', "jsonlines")
+    # each query knows its record, for the model's own checks on its values (k ≥ 1: test_handler.py)
+    assert [q.where for q in batch.queries] == ["line 1", "line 3", "line 4"]
+    later = protocol.parse(b'{"users": [1]}\n{"users": [1], "k": 0}\n', "jsonlines").queries[1]
+    assert (later.k, later.where) == (0, "line 2")
+    with pytest.raises(BadRequest, match="line 2: 'k' must be an integer"):
+        protocol.parse(b'{"users": [1]}\n{"users": [1], "k": "2"}\n', "jsonlines")
     with pytest.raises(BadRequest, match="no records"):
         protocol.parse(b"\n \n", "jsonlines")
 
 
 def test_csv_rows_become_one_query_and_attributes_set_k():
     batch = protocol.parse(b"1\n2\n\nu3\n", "csv", protocol.custom_attributes("k=3; exclude_seen=false"))
-    assert batch.queries == [protocol.RecommendQuery([1, 2, "u3"], 3, None, False)]
+    assert batch.queries == [protocol.RecommendQuery([1, 2, "u3"], 3, None, False, "CSV")]
     batch = protocol.parse(b"1,10\r\n2,11\r\n", "csv")
-    assert batch.queries == [protocol.ScoreQuery([1, 2], [10, 11])]
+    assert batch.queries == [protocol.ScoreQuery([1, 2], [10, 11], "CSV")]
+    zero = protocol.parse(b"1\n", "csv", protocol.custom_attributes("k=0")).queries[0]
+    assert (zero.k, zero.where) == (0, "CSV")  # the model refuses it, naming "CSV" (test_handler.py)
 
 
 @pytest.mark.parametrize(
@@ -138,7 +142,6 @@ def test_csv_rows_become_one_query_and_attributes_set_k():
         (b"\n", "", "no records"),
         (b"\xff\xfe", "", "not UTF-8"),
         (b"1\n", "k=ten", "custom attribute k='ten' is not an integer"),
-        (b"1\n", "k=0", "'k' must be ≥ 1"),
         (b"1\n", "exclude_seen=maybe", "exclude_seen='maybe' must be true or false"),
     ],
 )
@@ -153,31 +156,39 @@ def test_custom_attributes_ignore_free_form_parts():
     assert protocol.custom_attributes(None) == {}
 
 
-def _recs():
-    return protocol.RecommendResult(
-        [Recommendation(1, [10, 11], [0.9, 0.5], False), Recommendation(7, [12], [0.3], True)]
-    )
+def _prediction(queries, results, kind):
+    return protocol.Prediction(protocol.Batch(queries, kind), results)
+
+
+RECS = [Recommendation(1, [10, 11], [0.9, 0.5], False), Recommendation(7, [12], [0.3], True)]
+RECOMMEND = protocol.RecommendQuery([1, 7], 2, None, True)
+TOP = protocol.TopItemsQuery([1, 1], [3, 1], 2)
 
 
 def test_encodings_give_one_record_per_input_record():
-    recs = _recs()
-    assert orjson.loads(protocol.encode([protocol.TopItemsResult([3, 1], False)], "json", protocol.JSON)) == [
-        3,
-        1,
-    ]
-    doc = orjson.loads(protocol.encode([recs], "json", protocol.JSON))
+    top = Recommendation(1, [3, 1], [0.7, 0.6], False)
+    json_top = _prediction([TOP], [top], "json")
+    assert orjson.loads(protocol.encode(json_top, protocol.JSON)) == [3, 1]
+    assert protocol.headers(json_top) == (("X-Ncf-Fallback", "false"),)
+    json_recs = _prediction([RECOMMEND], [RECS], "json")
+    assert protocol.headers(json_recs) == ()
+    doc = orjson.loads(protocol.encode(json_recs, protocol.JSON))
     assert doc["recommendations"][1] == {"user": 7, "items": [12], "scores": [0.3], "fallback": True}
-    lines = protocol.encode([recs, protocol.TopItemsResult([4], False)], "jsonlines", protocol.JSONLINES)
-    assert [orjson.loads(line) for line in lines.splitlines()] == [
-        {"recommendations": [r.as_dict() for r in recs.recommendations]},
-        [4],
-    ]
-    assert protocol.encode([recs], "csv", protocol.CSV) == b"10,11\n12\n"
-    rows = protocol.encode([recs], "csv", protocol.JSONLINES).splitlines()
+    lines = _prediction([RECOMMEND, TOP], [RECS, Recommendation(1, [4], [0.5], False)], "jsonlines")
+    expected = [{"recommendations": [r.as_dict() for r in RECS]}, [4]]
+    assert [
+        orjson.loads(line) for line in protocol.encode(lines, protocol.JSONLINES).splitlines()
+    ] == expected
+    assert orjson.loads(protocol.encode(lines, protocol.JSON)) == expected
+    csv_recs = _prediction([RECOMMEND], [RECS], "csv")
+    assert protocol.encode(csv_recs, protocol.CSV) == b"10,11\n12\n"
+    rows = protocol.encode(csv_recs, protocol.JSONLINES).splitlines()
     assert [orjson.loads(r)["user"] for r in rows] == [1, 7]
-    scores = protocol.ScoreResult([1, 2], [10, 11], [0.25, 0.5], [False, True])
-    assert protocol.encode([scores], "csv", protocol.CSV) == b"0.25\n0.5\n"
-    assert orjson.loads(protocol.encode([scores], "csv", protocol.JSON))[1] == {
+    scores = _prediction(
+        [protocol.ScoreQuery([1, 2], [10, 11])], [PairScores([10, 11], [0.25, 0.5], [False, True])], "csv"
+    )
+    assert protocol.encode(scores, protocol.CSV) == b"0.25\n0.5\n"
+    assert orjson.loads(protocol.encode(scores, protocol.JSON))[1] == {
         "user": 2,
         "item": 11,
         "score": 0.5,

@@ -76,14 +76,20 @@ def test_score_pairs_and_validation(rec):
     assert rec.score([], []) == []
     with pytest.raises(ValueError, match="differ in length"):
         rec.score(["u0"], [])
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="'k' must be ≥ 1, got 0"):
         rec.recommend("u0", k=0)
+    with pytest.raises(ValueError, match=f"'k' is {rec.num_items + 1} but the model knows only"):
+        rec.recommend("u0", k=rec.num_items + 1)
+    with pytest.raises(ValueError, match=f"'k' is {rec.num_items + 1} but"):
+        rec.top_items(["u0"], [rec.items.ids[0]], rec.num_items + 1)
+    with pytest.raises(ValueError, match=f"'candidates' holds {rec.num_items + 1} ids"):
+        rec.recommend("u0", candidates=[rec.items.ids[0]] * (rec.num_items + 1))
     with pytest.raises(ValueError, match="empty"):
         rec.recommend("u0", candidates=[])
 
 
-def test_k_larger_than_catalogue_returns_every_unseen_item(rec):
-    r = rec.recommend("u0", k=10_000)
+def test_k_of_the_whole_catalogue_returns_every_unseen_item(rec):
+    r = rec.recommend("u0", k=rec.num_items)
     assert len(r.items) == rec.num_items - len(rec.seen(rec.users.get("u0")))
 
 

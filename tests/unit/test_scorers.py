@@ -106,17 +106,19 @@ def test_top_items_and_pair_scores_with_the_cold_start_fallback(net):
     rec = recommender(net, "numpy")
     items = rec.items.ids[3:20]
     user = rec.users.ids[4]
-    top, fallback = rec.top_items([user] * len(items), items, 5)
-    assert top == rec.recommend(user, 5, items, exclude_seen=False).items and not fallback
-    top, fallback = rec.top_items([999] * 3, items[:3], 2)
-    assert fallback and top == rec.recommend(999, 2, items[:3]).items
+    top = rec.top_items([user] * len(items), items, 5)
+    assert top == rec.recommend(user, 5, items, exclude_seen=False) and not top.fallback
+    top = rec.top_items([999] * 3, items[:3], 2)
+    assert top.fallback and top == rec.recommend(999, 2, items[:3])
     mixed_users = [user, 999, rec.users.ids[0]]
     scored = rec.score_pairs(mixed_users, items[:3])
     assert scored.fallback == [False, True, False] and scored.items == items[:3]
     assert scored.scores[0] == pytest.approx(rec.score([user], [items[0]])[0])
     assert scored.scores[1] == pytest.approx(rec.recommend(999, 1, [items[1]]).scores[0])
-    top, fallback = rec.top_items(mixed_users, items[:3], 3)
-    assert fallback and top == [items[i] for i in np.argsort(-np.asarray(scored.scores), kind="stable")]
+    top = rec.top_items(mixed_users, items[:3], 3)
+    order = np.argsort(-np.asarray(scored.scores), kind="stable")
+    assert top.fallback and top.user is None and top.items == [items[i] for i in order]
+    assert top.scores == pytest.approx([scored.scores[i] for i in order])
 
 
 def test_a_backend_that_disagrees_with_the_network_is_refused_at_load(monkeypatch):

@@ -1,26 +1,31 @@
 """The application: SageMaker's hosting contract over one model or a multi-model registry.
 
-A Starlette app with one routing table (``ServingApp.__init__``), run by gunicorn's asyncio ("asgi")
-worker (see ``gunicorn_config``). The hot routes (/ping, /invocations, /models/{name}/invoke) are raw ASGI
-endpoints in that table: they read the scope's headers and send their reply themselves, without
-Starlette's Request and Response objects, because on the seed payload the per-request costs weigh as
-much as the model does (containers/serve/README.md, Performance). The other routes are ordinary Starlette
-endpoints. Where an invocation runs is decided per request:
+A Starlette app run by gunicorn's asyncio ("asgi") worker (see ``gunicorn_config``). Starlette routes:
+one routing table (``ServingApp.__init__``), one route per path with the methods it answers, and the
+router's own 404 and 405 (with its ``Allow``). Each route's endpoint is an ``_Endpoint``: a coroutine per
+method that returns a ``responses.Reply``, the one response type, which the endpoint sends; whatever it
+raises becomes a Reply in ``error_reply``, the one place errors are answered and logged. Endpoints take
+the raw ASGI scope rather than Starlette's Request: on the seed payload the per-request costs weigh as much
+as the model does (containers/serve/README.md, Performance).
 
-- on the event loop when it is small (the default pipeline, a body up to ``INLINE_BODY_BYTES`` and at most
-  ``NCF_INLINE_PAIRS`` scored pairs: the seed payload) — no thread hand-off;
-- in the worker's thread pool (``NCF_SERVER_THREADS``) otherwise, and always for user code, so a batch of
-  thousands of users or a slow ``predict_fn`` never delays /ping or the other connections.
+An invocation is the model's pipeline (``handler.ServedModel``: ``decode`` = input_fn, ``answer`` =
+predict_fn + output_fn). The app asks the model only what each step costs, and runs a step
+
+- on the event loop when it is cheap (a body up to ``INLINE_BODY_BYTES`` to parse, at most
+  ``NCF_INLINE_PAIRS`` pairs to score: the seed payload) — no thread hand-off;
+- in the worker's thread pool (``NCF_SERVER_THREADS``) otherwise, and always when the cost is unknown
+  (user code), so a batch of thousands of users or a slow ``predict_fn`` never delays /ping or the other
+  connections.
 
 Of the management routes, loading and unloading a model (they load, or wait for the registry's lock) run
 in that pool too; listing and describing models read the registry's cached state (one ``stat``) on the
 loop.
 
-Every error response is built by ``ServingApp.error_response``: JSON ``{"error": ..., "request_id": ...}``
-with ``X-Request-Id`` and the error's own headers, its status from ``errors.HttpError``; Starlette's own
-404 (unknown path) and 405 (wrong method) reach it through the exception handlers. Errors are logged with
-the request id: ``HttpError``s at WARNING, anything else with its traceback. The access log
-(``NCF_ACCESS_LOG``) is written here too, and leaves out successful /ping calls.
+Every error is answered by ``ServingApp.error_reply``: JSON ``{"error": ..., "request_id": ...}`` with
+``X-Request-Id`` and the error's own headers, its status from ``responses.HttpError``; Starlette's own 404
+(unknown path) and 405 (wrong method) reach it through the exception handler. Errors are logged with the
+request id: ``HttpError``s at WARNING, anything else with its traceback. The access log
+(``NCF_ACCESS_LOG``) is written in ``_Endpoint`` too, and leaves out successful /ping calls.
 """
 
 from __future__ import annotations
@@ -32,24 +37,33 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ncf_core import runtime
 
 from .. import contract
 from .handler import LOADING, READY, Context, ServedModel
-from .http_errors import BadRequest, GatewayTimeout, HttpError, NotFound, PayloadTooLarge, RequestTimeout
 from .multi_model import ModelRegistry
+from .responses import (
+    BadRequest,
+    GatewayTimeout,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Reply,
+    RequestTimeout,
+)
 from .settings import BODY_TIMEOUT_ENV, Settings
 
 log = logging.getLogger("ncf_sagemaker.serving.app")
@@ -68,23 +82,40 @@ ABANDON_GRACE_S = 0.5
 IDLE_GC_S = 30.0
 READY_MARKER = "model-ready"
 
-_CUSTOM_ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
-_JSON = b"application/json"
+_CUSTOM_ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower()
 # What this app keeps in a request's ASGI scope: when the request arrived, and its id.
 _START = "ncf.start"
 _RID = "ncf.request_id"
 
+Handle = Callable[[Scope, Receive], Awaitable[Reply]]
 
-class _Asgi:
-    """A raw ASGI endpoint for a ``Route`` (Starlette wraps a plain function as request → response)."""
 
-    __slots__ = ("endpoint",)
+class _Endpoint:
+    """One route's ASGI endpoint: the coroutine for the request's method returns a ``Reply``, or raises
+    and ``error_reply`` answers; then the reply is sent and the access log written, in one place.
 
-    def __init__(self, endpoint: Callable[[Scope, Receive, Send], Any]):
-        self.endpoint = endpoint
+    (Starlette's ``Route`` treats an object that is not a plain function as a raw ASGI app.)
+    """
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
-        return self.endpoint(scope, receive, send)
+    __slots__ = ("app", "methods")
+
+    def __init__(self, app: ServingApp, methods: dict[str, Handle]):
+        self.app = app
+        self.methods = methods
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self.app
+        method = scope["method"]
+        handle = self.methods["GET" if method == "HEAD" else method]  # the router checked the method
+        try:
+            reply = await handle(scope, receive)
+        except Exception as exc:
+            # Answered here, not by a Starlette exception handler: Starlette re-raises to the server after
+            # the one for Exception, and the server then closes the connection; a failing predict_fn is one
+            # failed request.
+            reply = app.error_reply(scope, exc)
+        await reply(scope, receive, send)
+        app.access(scope, reply)
 
 
 class ServingApp(Starlette):
@@ -109,23 +140,21 @@ class ServingApp(Starlette):
         self._gc_timer: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
+
+        def route(path: str, **methods: Handle) -> Route:
+            return Route(path, _Endpoint(self, methods), methods=list(methods))
+
         super().__init__(
             # The routing table: the hot routes first (the router tries the routes in order).
             routes=[
-                Route("/invocations", _Asgi(self._invoke), methods=["POST"]),
-                Route("/ping", _Asgi(self._ping), methods=["GET"]),
-                Route("/models/{name}/invoke", _Asgi(self._invoke), methods=["POST"]),
-                Route("/execution-parameters", self._execution_parameters, methods=["GET"]),
-                Route("/models", self._load_model, methods=["POST"]),
-                Route("/models", self._list_models, methods=["GET"]),
-                Route("/models/{name}", self._describe_model, methods=["GET"]),
-                Route("/models/{name}", self._unload_model, methods=["DELETE"]),
+                route("/invocations", POST=self._invoke),
+                route("/ping", GET=self._ping),
+                route("/models/{name}/invoke", POST=self._invoke),
+                route("/execution-parameters", GET=self._execution_parameters),
+                route("/models", GET=self._list_models, POST=self._load_model),
+                route("/models/{name}", GET=self._describe_model, DELETE=self._unload_model),
             ],
-            exception_handlers={
-                HTTPException: self._on_starlette_error,
-                HttpError: self._on_http_error,
-                Exception: self._on_unexpected_error,
-            },
+            exception_handlers={HTTPException: self._on_router_error},
             lifespan=self._lifespan,
         )
         # Exact paths only: /ping/ is an unknown path (404), not a redirect to /ping.
@@ -247,94 +276,56 @@ class ServingApp(Starlette):
         return f"{self._prefix}-{next(self._ids):x}"
 
     def _request_id(self, scope: Scope) -> str:
-        """This request's id, decided once and kept in the scope (the error handlers read it there)."""
+        """This request's id, decided once and kept in the scope (error replies and the log read it)."""
         rid = scope.get(_RID)
         if rid is None:
-            given = _header(scope, b"x-request-id")
-            rid = scope[_RID] = self.request_id(None if given is None else given.decode("latin-1"))
+            rid = scope[_RID] = self.request_id(Headers(scope=scope).get("x-request-id"))
         return rid
 
+    def _reply(self, scope: Scope, reply: Reply) -> Reply:
+        """``reply`` with this request's id among its headers (every answer carries it)."""
+        headers = (*reply.headers, ("X-Request-Id", self._request_id(scope)))
+        return Reply(reply.status, reply.body, reply.content_type, headers)
+
     # ------------------------------------------------------------------ /ping
-    async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = self._request_id(scope)
+    async def _ping(self, scope: Scope, receive: Receive) -> Reply:
         status, message = (200, "ready") if self.model is None else self.model.health()
         if status != 200 and self.model is not None and self.model.state == LOADING and self._peer_ready():
             # Another worker serves already and this one's invocations wait for its model: the endpoint
             # is healthy. Saying 503 here would make a load balancer's view flap while workers start.
             status, message = 200, "ready (this worker is still loading; its invocations wait for it)"
-        body = orjson.dumps({"status": "healthy" if status == 200 else "unhealthy", "message": message})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", _JSON),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", rid.encode("latin-1")),
-                ],
-            }
-        )
-        # HEAD (load balancers' health checks): the headers only; a body would be dropped with a warning.
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
-        if status != 200:
-            self._access(scope, status, len(body))
+        doc = {"status": "healthy" if status == 200 else "unhealthy", "message": message}
+        return self._reply(scope, Reply.json(doc, status))
 
     # ------------------------------------------------------------------ invocations
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _invoke(self, scope: Scope, receive: Receive) -> Reply:
         """POST /invocations, and POST /models/{name}/invoke (``name`` from the route)."""
         self.in_flight += 1
         try:
-            await self._answer_invocation(scope, receive, send)
+            return await self._answer_invocation(scope, receive)
         finally:
             self.in_flight -= 1
 
-    async def _answer_invocation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type = accept = attributes = given_id = length = None
-        for key, value in scope["headers"]:
-            if key == b"content-type":
-                content_type = value.decode("latin-1")
-            elif key == b"accept":
-                accept = value.decode("latin-1")
-            elif key == b"content-length":
-                length = value
-            elif key == _CUSTOM_ATTRIBUTES:
-                attributes = value.decode("latin-1")
-            elif key == b"x-request-id":
-                given_id = value.decode("latin-1")
-        rid = scope[_RID] = self.request_id(given_id)
+    async def _answer_invocation(self, scope: Scope, receive: Receive) -> Reply:
+        headers = Headers(scope=scope)
+        rid = scope[_RID] = self.request_id(headers.get("x-request-id"))
         name = scope["path_params"].get("name")
-        try:
-            body = await self._read_body(receive, length, _header(scope, b"expect"))
-            model = await self._target(name)
-            if model.state == LOADING:  # another worker may have said 200 to /ping: wait, don't fail
-                await self._in_pool(model.wait, model.load_wait_s)
-            context = Context(rid, attributes, name, model.model_dir)
-            handler = model.handler
-            if handler is not None and handler.is_default_pipeline and len(body) <= INLINE_BODY_BYTES:
-                prepared = model.prepare(body, content_type, accept, context)
-            else:
-                prepared = await self._timed(
-                    scope, context, model.prepare, body, content_type, accept, context
-                )
-            if prepared.cost is not None and prepared.cost <= self.inline_pairs:
-                reply = model.run(prepared, context)
-            else:
-                reply = await self._timed(scope, context, model.run, prepared, context)
-        except Exception as exc:
-            # Answered here, not by the handler for Exception: Starlette re-raises to the server after that
-            # one, and the server then closes the connection; a failing predict_fn is one failed request.
-            await self.error_response(scope, exc)(scope, receive, send)
-            return
-        headers = [
-            (b"content-type", reply.content_type.encode("latin-1")),
-            (b"content-length", str(len(reply.body)).encode()),
-            (b"x-request-id", rid.encode("latin-1")),
-        ]
-        headers += [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in reply.headers]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
-        if self.log_all:
-            self._access(scope, 200, len(reply.body))
+        body = await self._read_body(receive, headers.get("content-length"), headers.get("expect"))
+        model = await self._target(name)
+        if model.state == LOADING:  # another worker may have said 200 to /ping: wait, don't fail
+            await self._in_pool(model.wait, model.load_wait_s)
+        context = Context(rid, headers.get(_CUSTOM_ATTRIBUTES), name, model.model_dir, headers.get("accept"))
+        content_type = headers.get("content-type")
+        size = model.input_cost(body)
+        if size is not None and size <= INLINE_BODY_BYTES:
+            decoded = model.decode(body, content_type, context)
+        else:
+            decoded = await self._timed(scope, context, model.decode, body, content_type, context)
+        if decoded.cost is not None and decoded.cost <= self.inline_pairs:
+            reply = model.answer(decoded, context)
+        else:
+            reply = await self._timed(scope, context, model.answer, decoded, context)
+        return self._reply(scope, reply)
 
     async def _target(self, name: str | None) -> ServedModel:
         if self.registry is not None:
@@ -347,7 +338,7 @@ class ServingApp(Starlette):
         assert self.model is not None
         return self.model
 
-    async def _read_body(self, receive: Receive, length: bytes | None, expect: bytes | None = None) -> bytes:
+    async def _read_body(self, receive: Receive, length: str | None, expect: str | None = None) -> bytes:
         """The whole body, up to SAGEMAKER_MAX_PAYLOAD_IN_MB (413 above it), within NCF_BODY_TIMEOUT_S.
 
         An over-limit Content-Length is answered at once: without reading when the client waits for
@@ -360,7 +351,7 @@ class ServingApp(Starlette):
             except ValueError:
                 raise BadRequest(f"Content-Length {length!r} is not a number") from None
             if declared > limit:
-                if expect is None or expect.lower() != b"100-continue":
+                if expect is None or expect.lower() != "100-continue":
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(_drain(receive), DRAIN_TIMEOUT_S)
                 raise PayloadTooLarge(self._too_large(declared), headers=(("Connection", "close"),))
@@ -400,19 +391,17 @@ class ServingApp(Starlette):
         )
 
     # ------------------------------------------------------------------ batch transform and MME management
-    async def _execution_parameters(self, request: Request) -> Response:
+    async def _execution_parameters(self, scope: Scope, receive: Receive) -> Reply:
         s = self.settings
-        return self._json(
-            request,
-            {
-                "MaxConcurrentTransforms": s.max_concurrent_transforms,
-                "BatchStrategy": "MULTI_RECORD",
-                "MaxPayloadInMB": s.max_payload_bytes // 2**20,
-            },
-        )
+        doc = {
+            "MaxConcurrentTransforms": s.max_concurrent_transforms,
+            "BatchStrategy": "MULTI_RECORD",
+            "MaxPayloadInMB": s.max_payload_bytes // 2**20,
+        }
+        return self._reply(scope, Reply.json(doc))
 
-    async def _load_model(self, request: Request) -> Response:
-        body = await self._read_body(request.receive, _header(request.scope, b"content-length"))
+    async def _load_model(self, scope: Scope, receive: Receive) -> Reply:
+        body = await self._read_body(receive, Headers(scope=scope).get("content-length"))
         registry = self._registry()
         try:
             doc = orjson.loads(body)
@@ -421,42 +410,34 @@ class ServingApp(Starlette):
         if not isinstance(doc, dict):
             raise BadRequest('body must be {"model_name": ..., "url": ...}')
         entry = await self._in_pool(registry.load, doc.get("model_name"), doc.get("url"))
-        return self._json(request, {"status": f"model {entry.name} loaded", **entry.describe()})
+        return self._reply(scope, Reply.json({"status": f"model {entry.name} loaded", **entry.describe()}))
 
-    async def _list_models(self, request: Request) -> Response:
+    async def _list_models(self, scope: Scope, receive: Receive) -> Reply:
         registry = self._registry()
-        params = request.query_params
+        params = QueryParams(scope["query_string"])
         raw = params.get("page_size", params.get("limit"))
         try:
             limit = None if raw is None else int(raw)
         except ValueError:
             raise BadRequest(f"page size {raw!r} is not an integer") from None
-        return self._json(request, registry.page(params.get("next_page_token"), limit))
+        return self._reply(scope, Reply.json(registry.page(params.get("next_page_token"), limit)))
 
-    async def _describe_model(self, request: Request) -> Response:
-        return self._json(request, self._registry().describe(request.path_params["name"]))
+    async def _describe_model(self, scope: Scope, receive: Receive) -> Reply:
+        return self._reply(scope, Reply.json(self._registry().describe(scope["path_params"]["name"])))
 
-    async def _unload_model(self, request: Request) -> Response:
-        name = request.path_params["name"]
+    async def _unload_model(self, scope: Scope, receive: Receive) -> Reply:
+        name = scope["path_params"]["name"]
         await self._in_pool(self._registry().unload, name)
-        return self._json(request, {"status": f"model {name} unloaded"})
+        return self._reply(scope, Reply.json({"status": f"model {name} unloaded"}))
 
     def _registry(self) -> ModelRegistry:
         if self.registry is None:
             raise NotFound(f"the multi-model API needs {contract.MULTI_MODEL_ENV}=true")
         return self.registry
 
-    def _json(self, request: Request, obj: Any) -> Response:
-        """A management route's 200: JSON with the request id (and its access-log line)."""
-        scope = request.scope
-        body = orjson.dumps(obj)
-        if self.log_all:
-            self._access(scope, 200, len(body))
-        return Response(body, 200, {"X-Request-Id": self._request_id(scope)}, "application/json")
-
     # ------------------------------------------------------------------ errors and logs
-    def error_response(self, scope: Scope, exc: Exception) -> Response:
-        """The one error response (and its log lines): an ``HttpError`` as it is, anything else a 500."""
+    def error_reply(self, scope: Scope, exc: Exception) -> Reply:
+        """The one error answer (and its log line): an ``HttpError`` as it is, anything else a 500."""
         rid = self._request_id(scope)
         method, path = scope["method"], scope["path"]
         if isinstance(exc, HttpError):
@@ -464,46 +445,36 @@ class ServingApp(Starlette):
         else:
             log.error("request %s: %s %s failed", rid, method, path, exc_info=exc)
             exc = HttpError(INTERNAL_ERROR)
-        body = orjson.dumps({"error": exc.message, "request_id": rid})
-        self._access(scope, exc.status, len(body))
-        return Response(body, exc.status, {**dict(exc.headers), "X-Request-Id": rid}, "application/json")
+        doc = {"error": exc.message, "request_id": rid}
+        return Reply.json(doc, exc.status, (*exc.headers, ("X-Request-Id", rid)))
 
-    async def _on_http_error(self, request: Request, exc: Exception) -> Response:
-        return self.error_response(request.scope, exc)
-
-    async def _on_starlette_error(self, request: Request, exc: Exception) -> Response:
+    async def _on_router_error(self, request: Request, exc: Exception) -> Reply:
         """The router's own errors: no route for the path (404), or not for this method (405)."""
         assert isinstance(exc, HTTPException)
         scope = request.scope
         method, path = scope["method"], scope["path"]
-        headers = dict(exc.headers or {})
+        error: HttpError
         if exc.status_code == 404:
-            message = f"there is no route {path} on this server"
+            error = NotFound(f"there is no route {path} on this server")
         elif exc.status_code == 405:
-            allowed = self._allowed_methods(scope)
-            headers["Allow"] = ", ".join(allowed)
-            message = f"{path} answers {', '.join(allowed)}, not {method}"
+            allow = ", ".join(sorted((exc.headers or {}).get("Allow", "").split(", ")))
+            error = MethodNotAllowed(f"{path} answers {allow}, not {method}", headers=(("Allow", allow),))
         else:
-            message = exc.detail
+            error = HttpError(exc.detail)
+            error.status = exc.status_code
         await _drain(request.receive)  # no endpoint read the body: drop it, so the client reads the answer
-        error = HttpError(message, headers=tuple(headers.items()))
-        error.status = exc.status_code
-        return self.error_response(scope, error)
+        reply = self.error_reply(scope, error)
+        self.access(scope, reply)
+        return reply
 
-    async def _on_unexpected_error(self, request: Request, exc: Exception) -> Response:
-        """Anything else that escaped an endpoint (Starlette then re-raises it, and the server closes)."""
-        return self.error_response(request.scope, exc)
-
-    def _allowed_methods(self, scope: Scope) -> list[str]:
-        """Every method some route answers at this path (the routes of one path may be several)."""
-        allowed: set[str] = set()
-        for route in self.routes:
-            if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE:
-                allowed |= route.methods
-        return sorted(allowed)
-
-    def _access(self, scope: Scope, status: int, size: int) -> None:
-        if not self.log_errors:
+    def access(self, scope: Scope, reply: Reply) -> None:
+        """The access log: errors (and an unhealthy /ping) unless off; successes when "all", but never a
+        healthy /ping (load balancers ask every few seconds)."""
+        status = reply.status
+        if status == 200:
+            if not self.log_all or scope["path"] == "/ping":
+                return
+        elif not self.log_errors:
             return
         client = scope.get("client") or ("-", 0)
         query = scope.get("query_string") or b""
@@ -514,7 +485,7 @@ class ServingApp(Starlette):
             scope["method"],
             target,
             status,
-            size,
+            len(reply.body),
             (time.perf_counter() - scope.get(_START, time.perf_counter())) * 1000,
             scope.get(_RID, "-"),
         )
@@ -530,10 +501,3 @@ async def _drain(receive: Receive) -> None:
         left -= len(message.get("body", b""))
         if not message.get("more_body", False):
             return
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None

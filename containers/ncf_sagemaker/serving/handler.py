@@ -1,23 +1,27 @@
-"""One served model: the sagemaker-inference handler seam, the loaded model, its health and the invoke
-pipeline (``ServedModel``), between the HTTP app and ``ncf_core.inference.Recommender``.
+"""One served model: the sagemaker-inference handler contract, the loaded model, its health, and the one
+invocation pipeline (``ServedModel``) between the HTTP app and ``ncf_core.inference.Recommender``.
 
-The seam is ``model_fn`` → ``input_fn`` → ``predict_fn`` → ``output_fn``. Why keep it: users of
-SageMaker's framework containers customise serving by dropping ``code/inference.py`` into the model
-directory with any of these four functions; the same file works here. Functions it does not define keep
-our defaults below. Signatures are sagemaker-inference's, each with an optional trailing ``context`` (a
-``Context``) that we pass only to functions that accept it:
+The pipeline *is* the contract users know from SageMaker's framework containers:
 
     model_fn(model_dir)                  -> model
     input_fn(request_body, content_type) -> data       (request_body is bytes)
     predict_fn(data, model)              -> prediction   (the default model is a Recommender)
     output_fn(prediction, accept)        -> bytes | str | (body, content_type) | (body, content_type, headers)
 
-plus our optional ``warmup_fn(model)``, run once before /ping turns 200 (the default warms the default
-model up with a real request; a custom ``model_fn`` without ``warmup_fn`` is ready once it returns).
+Each function may take a trailing ``context`` (a ``Context``: request id, custom attributes, Accept,
+cancellation), passed only to functions that accept it. Users customise serving by dropping
+``code/inference.py`` into the model directory with any of these functions (and our optional
+``warmup_fn(model)``, run once before /ping turns 200); what it does not define keeps the defaults below,
+which are the fast path itself: ``input_fn`` negotiates (415, 406) and parses (``protocol``),
+``predict_fn`` makes one ``Recommender`` call per query, ``output_fn`` encodes the domain results.
 
-Errors: raise ``ncf_sagemaker.serving.http_errors.HttpError`` subclasses for a specific status; a ValueError
-or KeyError from ``input_fn`` or ``predict_fn`` is the client's fault (400); anything else is a 500 logged
-with the request id.
+The app runs the pipeline in two calls, ``decode`` (input_fn) and ``answer`` (predict_fn, output_fn),
+and asks only for costs to decide where each runs (``input_cost``, ``Decoded.cost``): a cheap request
+stays on the event loop, anything else, and every step of user code, goes to the worker's thread pool.
+
+Errors: raise ``ncf_sagemaker.serving.responses.HttpError`` subclasses for a specific status; a
+ValueError or KeyError from ``input_fn`` or ``predict_fn`` is the client's fault (400); anything else is a
+500 logged with the request id.
 
 Health is explicit (loading → ready | failed) because /ping must not say 200 before a warm-up prediction
 went through, and must say why when loading failed, instead of answering healthy with a dead model.
@@ -37,17 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ncf_core.errors import NcfError, UnknownIdError
+import orjson
+
+from ncf_core.errors import NcfError
 from ncf_core.inference import Recommender
 
 from . import protocol
-from .http_errors import BadRequest, HttpError, ServiceUnavailable
+from .responses import JSON, BadRequest, HttpError, Reply, ServiceUnavailable
 
 log = logging.getLogger("ncf_sagemaker.serving.handler")
 
 USER_CODE = Path("code") / "inference.py"
 HOOKS = ("model_fn", "input_fn", "predict_fn", "output_fn", "warmup_fn")
-FALLBACK_HEADER = "X-Ncf-Fallback"
 
 
 class Cancelled(Exception):
@@ -66,20 +71,13 @@ class Context:
     custom_attributes: str | None = None
     model_name: str | None = None
     model_dir: Path | None = None
+    accept: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     def check(self) -> None:
         """Raise ``Cancelled`` when the server gave up on this request."""
         if self.cancel.is_set():
             raise Cancelled(self.request_id)
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """What the default ``predict_fn`` returns: results in request order and how the request arrived."""
-
-    results: list
-    kind: protocol.Kind
 
 
 # --------------------------------------------------------------------------------------------- defaults
@@ -97,63 +95,69 @@ def model_fn(model_dir: str | Path) -> Recommender:
     return rec
 
 
-def input_fn(request_body: bytes, request_content_type: str | None, context: Context | None = None):
-    attributes = protocol.custom_attributes(context.custom_attributes if context else None)
-    check = context.check if context else None
-    return protocol.parse(request_body, protocol.request_kind(request_content_type), attributes, check)
+def input_fn(
+    request_body: bytes, request_content_type: str | None, context: Context | None = None
+) -> protocol.Batch:
+    """Content-Type (415) and, with a context, Accept (406) before any parsing; then the queries."""
+    kind = protocol.request_kind(request_content_type)
+    if context is None:
+        return protocol.parse(request_body, kind)
+    protocol.response_type(context.accept, kind)
+    attributes = protocol.custom_attributes(context.custom_attributes)
+    return protocol.parse(request_body, kind, attributes, context.check)
 
 
-def predict_fn(data: protocol.Batch, model: Recommender, context: Context | None = None) -> Prediction:
-    """Each protocol query is one ``Recommender`` call (cancellable between queries and user chunks)."""
+def predict_fn(
+    data: protocol.Batch, model: Recommender, context: Context | None = None
+) -> protocol.Prediction:
+    """Each query is one ``Recommender`` call (cancellable between queries and user chunks). The model
+    judges the values (``k``, candidates, unknown items); its ValueError names the query's record."""
     check = context.check if context else None
-    results: list[protocol.Result] = []
+    results: list = []
     for query in data.queries:
         if check is not None:
             check()
-        k = getattr(query, "k", None)
-        if k is not None and k > model.num_items:
-            raise BadRequest(f"'k' is {k} but the model knows only {model.num_items} items")
-        if isinstance(query, protocol.TopItemsQuery):
-            results.append(protocol.TopItemsResult(*model.top_items(query.users, query.items, query.k)))
-        elif isinstance(query, protocol.RecommendQuery):
-            if query.candidates is not None and len(query.candidates) > model.num_items:
-                raise BadRequest(
-                    f"'candidates' holds {len(query.candidates)} ids but the model knows only "
-                    f"{model.num_items} items"
+        try:
+            if isinstance(query, protocol.TopItemsQuery):
+                results.append(model.top_items(query.users, query.items, query.k))
+            elif isinstance(query, protocol.RecommendQuery):
+                results.append(
+                    model.recommend_many(
+                        query.users, query.k, query.candidates, query.exclude_seen, checkpoint=check
+                    )
                 )
-            recs = model.recommend_many(
-                query.users, query.k, query.candidates, query.exclude_seen, checkpoint=check
-            )
-            results.append(protocol.RecommendResult(recs))
-        else:
-            scored = model.score_pairs(query.users, query.items)
-            results.append(protocol.ScoreResult(query.users, scored.items, scored.scores, scored.fallback))
-    return Prediction(results, data.kind)
+            else:
+                results.append(model.score_pairs(query.users, query.items))
+        except (ValueError, KeyError) as exc:  # UnknownIdError is a KeyError
+            raise BadRequest(f"{query.where}: {_message(exc)}") from None
+    return protocol.Prediction(data, results)
 
 
-def cost(batch: protocol.Batch, model: Recommender) -> int:
-    """(user, item) pairs the batch scores: the server runs cheap requests on its event loop."""
+def output_fn(prediction: Any, accept: str | None) -> tuple[bytes, str, tuple]:
+    """Our predictions in the negotiated type; anything else (a user's ``predict_fn``) as JSON."""
+    if isinstance(prediction, protocol.Prediction):
+        media = protocol.response_type(accept, prediction.batch.kind)
+        return protocol.encode(prediction, media), media, protocol.headers(prediction)
+    media = protocol.response_type(accept, "json")
+    try:
+        body = orjson.dumps(prediction, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError as exc:
+        raise TypeError(
+            f"the default output_fn encodes JSON and cannot encode what predict_fn returned "
+            f"({type(prediction).__name__}: {exc}); define output_fn in {USER_CODE}"
+        ) from None
+    return body, media, ()
+
+
+def cost(data: protocol.Batch, model: Recommender) -> int:
+    """(user, item) pairs the default ``predict_fn`` scores for ``data``."""
     total = 0
-    for q in batch.queries:
+    for q in data.queries:
         if isinstance(q, protocol.RecommendQuery):
             total += len(q.users) * (model.num_items if q.candidates is None else len(q.candidates))
         else:
             total += len(q.items)
     return total
-
-
-def encode(prediction: Prediction, media: str) -> tuple[bytes, str, tuple]:
-    """The response for an already negotiated media type."""
-    body = protocol.encode(prediction.results, prediction.kind, media)
-    headers: tuple = ()
-    if prediction.kind == "json" and isinstance(prediction.results[0], protocol.TopItemsResult):
-        # The workshop's bare-array answer has no room for the fallback flag: it travels as a header.
-        headers = ((FALLBACK_HEADER, "true" if prediction.results[0].fallback else "false"),)
-    return body, media, headers
-
-
-def output_fn(prediction: Prediction, accept: str | None) -> tuple[bytes, str, tuple]:
-    return encode(prediction, protocol.response_type(accept, prediction.kind))
 
 
 def warmup_fn(model: Recommender) -> None:
@@ -163,8 +167,7 @@ def warmup_fn(model: Recommender) -> None:
     user = model.users.ids[0]
     items = model.items.ids[:n]
     for doc in ({"user": [user] * n, "item": items}, {"users": [user], "k": min(10, model.num_items)}):
-        prediction = predict_fn(protocol.Batch([protocol.parse_query(doc)], "json"), model)
-        body, _, _ = encode(prediction, protocol.JSON)
+        body, _, _ = output_fn(predict_fn(input_fn(orjson.dumps(doc), JSON), model), JSON)
         if not body:
             raise RuntimeError("warm-up produced an empty response")
     scores = model.score([user] * n, items)
@@ -191,14 +194,19 @@ class Handler:
         for name in ("model_fn", "input_fn", "predict_fn", "output_fn"):
             self._wants_context[name] = _accepts_extra(getattr(self, name), _ARITY[name])
 
-    @property
-    def is_default_pipeline(self) -> bool:
-        """All of input/predict/output are ours, so the server may negotiate and validate up front."""
-        return not (self.overridden & {"input_fn", "predict_fn", "output_fn"})
-
     def call(self, name: str, context: Context, *args: Any) -> Any:
         fn = getattr(self, name)
         return fn(*args, context) if self._wants_context[name] else fn(*args)
+
+    def input_cost(self, body: bytes) -> int | None:
+        """Bytes our ``input_fn`` parses; None (unknown) for user code."""
+        return None if "input_fn" in self.overridden else len(body)
+
+    def predict_cost(self, data: Any, model: Any) -> int | None:
+        """Pairs our ``predict_fn`` scores; None (unknown) for user code or data it did not parse."""
+        if "predict_fn" in self.overridden or not isinstance(data, protocol.Batch):
+            return None
+        return cost(data, model)
 
 
 _ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2}
@@ -258,10 +266,11 @@ def gc_after_load() -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
-    body: bytes
-    content_type: str
-    headers: tuple = ()
+class Decoded:
+    """What ``input_fn`` made of a request, and how many pairs predicting it scores (None: unknown)."""
+
+    data: Any
+    cost: int | None
 
 
 class ServedModel:
@@ -330,60 +339,31 @@ class ServedModel:
             return 503, self.error or "loading failed"
         return 503, f"loading the model from {self.model_dir}"
 
-    # ------------------------------------------------------------------ invoking
-    def prepare(
-        self, body: bytes, content_type: str | None, accept: str | None, context: Context
-    ) -> Prepared:
-        """Step 1 of an invocation: negotiate and validate (default pipeline) or just hold the request.
-
-        Cheap for the default pipeline, so the server can run it on its event loop and use the returned
-        ``cost`` to decide where step 2 runs. Raises HttpError (415, 406, 400, 503) for the client.
-        """
-        self.check_ready()
-        handler = self.handler
-        assert handler is not None
-        if not handler.is_default_pipeline:
-            return Prepared(None, body, content_type, accept, None)
-        kind = protocol.request_kind(content_type)  # 415 and 406 before any parsing or model work
-        media = protocol.response_type(accept, kind)  # the one negotiation: ``run`` encodes for it
-        attributes = protocol.custom_attributes(context.custom_attributes)
-        batch = protocol.parse(body, kind, attributes, context.check)
-        return Prepared(batch, body, content_type, media, cost(batch, self.model))
-
-    def run(self, prepared: Prepared, context: Context) -> Reply:
-        """Step 2: predict and serialise (and, for user code, parse first)."""
-        handler = self.handler
-        assert handler is not None
-        if prepared.batch is not None:  # the default pipeline: ``accept`` is the negotiated type
-            prediction = _client_errors(predict_fn, prepared.batch, self.model, context)
-            return Reply(*encode(prediction, prepared.accept))
-        data = _client_errors(handler.call, "input_fn", context, prepared.body, prepared.content_type)
-        prediction = _client_errors(handler.call, "predict_fn", context, data, self.model)
-        return _reply(handler.call("output_fn", context, prediction, prepared.accept), prepared.accept)
-
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None, context: Context) -> Reply:
-        """The whole pipeline in the calling thread (waits for a model that is still loading)."""
-        if self.state == LOADING:
-            self.wait(self.load_wait_s)
-        return self.run(self.prepare(body, content_type, accept, context), context)
-
     def check_ready(self) -> None:
         if self.state != READY:
             raise ServiceUnavailable(self.health()[1])
 
+    # ------------------------------------------------------------------ the pipeline
+    def input_cost(self, body: bytes) -> int | None:
+        """What decoding ``body`` costs (bytes parsed), None when unknown: the app schedules on it."""
+        self.check_ready()
+        assert self.handler is not None
+        return self.handler.input_cost(body)
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A validated request (``batch``: default pipeline) or a raw one for user code (``batch`` None).
+    def decode(self, body: bytes, content_type: str | None, context: Context) -> Decoded:
+        """``input_fn``, and the cost of predicting what it returned. Raises HttpError for the client."""
+        self.check_ready()
+        handler = self.handler
+        assert handler is not None
+        data = _client_errors(handler.call, "input_fn", context, body, content_type)
+        return Decoded(data, handler.predict_cost(data, self.model))
 
-    ``cost``: how many (user, item) pairs the request scores, None when unknown (user code).
-    """
-
-    batch: protocol.Batch | None
-    body: bytes
-    content_type: str | None
-    accept: str | None
-    cost: int | None
+    def answer(self, decoded: Decoded, context: Context) -> Reply:
+        """``predict_fn`` then ``output_fn`` for the request's Accept (``context.accept``)."""
+        handler = self.handler
+        assert handler is not None
+        prediction = _client_errors(handler.call, "predict_fn", context, decoded.data, self.model)
+        return _reply(handler.call("output_fn", context, prediction, context.accept), context.accept)
 
 
 def _client_errors(fn: Any, *args: Any) -> Any:
@@ -392,16 +372,19 @@ def _client_errors(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except HttpError:
         raise
-    except UnknownIdError as exc:
-        raise BadRequest(str(exc)) from None
     except (ValueError, KeyError) as exc:
-        raise BadRequest(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)) from None
+        raise BadRequest(_message(exc)) from None
+
+
+def _message(exc: Exception) -> str:
+    """A KeyError's str() is its repr: the client gets the message itself."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
 def _reply(out: Any, accept: str | None) -> Reply:
     """Normalise an ``output_fn`` result: body, (body, type) or (body, type, headers)."""
     headers: tuple = ()
-    content_type = accept if accept and "*" not in accept else protocol.JSON
+    content_type = accept if accept and "*" not in accept else JSON
     if isinstance(out, tuple):
         if len(out) == 3:
             out, content_type, headers = out
@@ -413,4 +396,4 @@ def _reply(out: Any, accept: str | None) -> Reply:
         out = out.encode()
     if not isinstance(out, (bytes, bytearray, memoryview)):
         raise TypeError(f"output_fn must return bytes or str, got {type(out).__name__}")
-    return Reply(bytes(out), content_type, tuple(headers))
+    return Reply(200, bytes(out), content_type, tuple(headers))

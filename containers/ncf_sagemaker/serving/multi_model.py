@@ -38,7 +38,7 @@ import orjson
 from ncf_core.artifact import is_artifact
 
 from .handler import ServedModel
-from .http_errors import BadRequest, Conflict, InsufficientStorage, NotFound, ServiceUnavailable
+from .responses import BadRequest, Conflict, InsufficientStorage, NotFound, ServiceUnavailable
 
 log = logging.getLogger("ncf_sagemaker.serving.multi_model")
 

@@ -1,8 +1,11 @@
-"""The /invocations wire format: content negotiation, request validation and response encoding.
+"""The /invocations wire format: content negotiation, request parsing and response encoding.
 
-Pure functions on bytes and plain objects (no web framework, no model), so the hot path can call them
-directly and every error case is testable without a server. Every client mistake raises ``BadRequest``
-(or 415/406) with a message naming the field and what is wrong with it.
+Pure functions on bytes and plain objects (no web framework, no model), so every error case is testable
+without a server. Parsing checks the *form* of a request (JSON types, field names, ids that are ids);
+whether its values make sense for the model (``k`` within the catalogue, known items) is
+``ncf_core.inference.Recommender``'s to say. Every client mistake raises ``BadRequest`` (or 415/406) with a
+message naming the field and the record. Encoding writes the domain's own results (``Recommendation``,
+``PairScores``) straight to bytes.
 
 Request shapes (one JSON object; ``application/jsonlines`` carries one per line):
 
@@ -24,13 +27,17 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
+from ncf_core.config import DEFAULT_TOP_K
+
 from . import sliced_json
-from .http_errors import BadRequest, NotAcceptable, UnsupportedMediaType
-from .settings import DEFAULT_K
+from .responses import BadRequest, NotAcceptable, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from ncf_core.inference import PairScores, Recommendation
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -59,6 +66,7 @@ MAX_ID = 2**63 - 1
 
 
 # --------------------------------------------------------------------------------------------- queries
+# ``where`` names the record in error messages: "body", "line 3" (JSON Lines) or "CSV".
 @dataclass(frozen=True, slots=True)
 class TopItemsQuery:
     """The workshop's request: score each (user, item) pair, answer the items of the best ``k`` pairs."""
@@ -66,6 +74,7 @@ class TopItemsQuery:
     users: list
     items: list
     k: int
+    where: str = "body"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +83,14 @@ class RecommendQuery:
     k: int
     candidates: list | None
     exclude_seen: bool
+    where: str = "body"
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreQuery:
     users: list
     items: list
+    where: str = "body"
 
 
 Query = TopItemsQuery | RecommendQuery | ScoreQuery
@@ -96,27 +107,13 @@ class Batch:
     kind: Kind
 
 
-# --------------------------------------------------------------------------------------------- results
 @dataclass(frozen=True, slots=True)
-class TopItemsResult:
-    items: list
-    fallback: bool  # the (single) user was unknown: items ranked by popularity
+class Prediction:
+    """What the default ``predict_fn`` returns: per query, in order, the ``Recommender``'s own answer —
+    a ``Recommendation`` (top items of pairs), a list of them (top-K per user) or ``PairScores``."""
 
-
-@dataclass(frozen=True, slots=True)
-class RecommendResult:
-    recommendations: list  # ncf_core.inference.Recommendation, one per user
-
-
-@dataclass(frozen=True, slots=True)
-class ScoreResult:
-    users: list
-    items: list
-    scores: list[float]
-    fallback: list[bool]
-
-
-Result = TopItemsResult | RecommendResult | ScoreResult
+    batch: Batch
+    results: list[Recommendation | list[Recommendation] | PairScores]
 
 
 # --------------------------------------------------------------------------------------------- negotiation
@@ -232,7 +229,7 @@ def parse_query(doc: Any, where: str = "body") -> Query:
     if "pairs" in doc:
         _only(doc, _SCORE_FIELDS, "a pair-score", where)
         users, items = _pairs(doc["pairs"], where)
-        return ScoreQuery(users, items)
+        return ScoreQuery(users, items, where)
     if "users" in doc:
         _only(doc, _RECOMMEND_FIELDS, "a recommendation", where)
         candidates = doc.get("candidates")
@@ -241,9 +238,10 @@ def parse_query(doc: Any, where: str = "body") -> Query:
             raise BadRequest(f"{where}: 'exclude_seen' must be true or false, got {_type_name(exclude)}")
         return RecommendQuery(
             ids(doc["users"], "users", where),
-            _k(doc.get("k", DEFAULT_K), where),
+            _k(doc.get("k", DEFAULT_TOP_K), where),
             None if candidates is None else ids(candidates, "candidates", where),
             exclude,
+            where,
         )
     if "user" in doc or "item" in doc:
         _only(doc, _SEED_FIELDS, "a user/item pair", where)
@@ -255,7 +253,7 @@ def parse_query(doc: Any, where: str = "body") -> Query:
             raise BadRequest(
                 f"{where}: 'user' has {len(users)} ids but 'item' has {len(items)}: they must pair up"
             )
-        return TopItemsQuery(users, items, _k(doc.get("k", DEFAULT_K), where))
+        return TopItemsQuery(users, items, _k(doc.get("k", DEFAULT_TOP_K), where), where)
     raise BadRequest(
         f"{where} needs 'user' and 'item' (top items of pairs), 'users' (recommendations) or 'pairs' "
         f"(scores); got fields {sorted(doc)}"
@@ -299,10 +297,9 @@ def _plain_ids(chunk: list) -> bool:
 
 
 def _k(value: Any, where: str) -> int:
+    """An integer (its range is the model's to check: ``Recommender``)."""
     if type(value) is not int:
         raise BadRequest(f"{where}: 'k' must be an integer, got {_type_name(value)}")
-    if value < 1:
-        raise BadRequest(f"{where}: 'k' must be ≥ 1, got {value}")
     return value
 
 
@@ -371,16 +368,15 @@ def _parse_csv(body: bytes, attributes: dict[str, str]) -> Query:
     if not number:
         raise BadRequest("the CSV body holds no records")
     if width == 2:
-        return ScoreQuery(ids(columns[0], "user", "CSV"), ids(columns[1], "item", "CSV"))
+        return ScoreQuery(ids(columns[0], "user", "CSV"), ids(columns[1], "item", "CSV"), "CSV")
     k = attributes.get("k")
     exclude = attributes.get("exclude_seen", "true").lower()
     if exclude not in ("true", "false"):
         raise BadRequest(f"custom attribute exclude_seen={exclude!r} must be true or false")
     if k is not None and not (_CANONICAL_INT.fullmatch(k) and len(k) <= 18):
         raise BadRequest(f"custom attribute k={k!r} is not an integer")
-    return RecommendQuery(
-        ids(columns[0], "user", "CSV"), _k(DEFAULT_K if k is None else int(k), "CSV"), None, exclude == "true"
-    )
+    k_value = DEFAULT_TOP_K if k is None else int(k)
+    return RecommendQuery(ids(columns[0], "user", "CSV"), k_value, None, exclude == "true", "CSV")
 
 
 def _type_name(value: Any) -> str:
@@ -425,41 +421,44 @@ def _leaf(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------- encoding
-def document(result: Result) -> Any:
-    """A result as the JSON value one request gets back."""
-    if isinstance(result, TopItemsResult):
-        return result.items
-    if isinstance(result, RecommendResult):
-        return {"recommendations": [r.as_dict() for r in result.recommendations]}
-    return {"scores": result.scores, "fallback": result.fallback}
+FALLBACK_HEADER = "X-Ncf-Fallback"
 
 
-def _row_documents(result: Result) -> list:
-    """A CSV request's result as one JSON value per input row."""
-    if isinstance(result, RecommendResult):
-        return [r.as_dict() for r in result.recommendations]
-    if isinstance(result, ScoreResult):
-        return [
-            {"user": u, "item": i, "score": s, "fallback": f}
-            for u, i, s, f in zip(result.users, result.items, result.scores, result.fallback, strict=True)
-        ]
-    raise TypeError(f"a CSV request cannot produce {type(result).__name__}")
+def headers(prediction: Prediction) -> tuple[tuple[str, str], ...]:
+    """The workshop's bare-array answer has no room for the fallback flag: it travels as a header."""
+    result = prediction.results[0]
+    if prediction.batch.kind == "json" and isinstance(prediction.batch.queries[0], TopItemsQuery):
+        return ((FALLBACK_HEADER, "true" if result.fallback else "false"),)
+    return ()
 
 
-def encode(results: list[Result], kind: Kind, accept: str) -> bytes:
-    """Serialise results for ``accept`` (already negotiated by ``response_type``)."""
-    if kind == "csv":
-        if accept == CSV:
-            return _csv_rows(results[0])
-        rows = _row_documents(results[0])
-        if accept == JSONLINES:
+def encode(prediction: Prediction, media: str) -> bytes:
+    """Serialise a prediction for ``media`` (already negotiated by ``response_type``)."""
+    batch, results = prediction.batch, prediction.results
+    if batch.kind == "csv":
+        query, result = batch.queries[0], results[0]
+        if media == CSV:
+            return _csv_rows(query, result)
+        rows = _row_documents(query, result)
+        if media == JSONLINES:
             return b"".join(orjson.dumps(row) + b"\n" for row in rows)
         return _json_array(rows)
-    if accept == JSONLINES:
-        return b"".join(_json_document(r) + b"\n" for r in results)
-    if kind == "json":
-        return _json_document(results[0])
-    return _json_array([document(r) for r in results])
+    pairs = zip(batch.queries, results, strict=True)
+    if media == JSONLINES:
+        return b"".join(_json_document(q, r) + b"\n" for q, r in pairs)
+    if batch.kind == "json":
+        return _json_document(batch.queries[0], results[0])
+    return b"[" + b",".join(_json_document(q, r) for q, r in pairs) + b"]"
+
+
+def _row_documents(query: Query, result: Any) -> list:
+    """A CSV request's result as one JSON value per input row."""
+    if isinstance(query, RecommendQuery):
+        return [r.as_dict() for r in result]
+    return [
+        {"user": u, "item": i, "score": s, "fallback": f}
+        for u, i, s, f in zip(query.users, result.items, result.scores, result.fallback, strict=True)
+    ]
 
 
 # One orjson call holds the GIL until it returns: a list longer than this is encoded a slice at a time,
@@ -480,27 +479,30 @@ def _array_parts(values: list) -> list[bytes]:
     return parts
 
 
-def _json_document(result: Result) -> bytes:
-    """``orjson.dumps(document(result))``, byte for byte, with long arrays encoded in slices (joined once:
-    each copy of a response of hundreds of MB also holds the GIL)."""
-    if isinstance(result, RecommendResult):
-        recs = [r.as_dict() for r in result.recommendations]
+def _json_document(query: Query, result: Any) -> bytes:
+    """One query's JSON answer, with long arrays encoded in slices (joined once: each copy of a response
+    of hundreds of MB also holds the GIL):
+
+    - top items of pairs: the bare array of item ids (the workshop's answer);
+    - recommendations: ``{"recommendations": [{"user", "items", "scores", "fallback"}, ...]}``;
+    - pair scores: ``{"scores": [...], "fallback": [...]}``.
+    """
+    if isinstance(query, TopItemsQuery):
+        return orjson.dumps(result.items)
+    if isinstance(query, RecommendQuery):
+        recs = [r.as_dict() for r in result]
         return b"".join([b'{"recommendations":', *_array_parts(recs), b"}"])
-    if isinstance(result, ScoreResult):
-        parts = [b'{"scores":', *_array_parts(result.scores), b',"fallback":', *_array_parts(result.fallback)]
-        return b"".join([*parts, b"}"])
-    return orjson.dumps(document(result))
+    parts = [b'{"scores":', *_array_parts(result.scores), b',"fallback":', *_array_parts(result.fallback)]
+    return b"".join([*parts, b"}"])
 
 
-def _csv_rows(result: Result) -> bytes:
+def _csv_rows(query: Query, result: Any) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    if isinstance(result, RecommendResult):
-        for r in result.recommendations:
+    if isinstance(query, RecommendQuery):
+        for r in result:
             writer.writerow(r.items)
-    elif isinstance(result, ScoreResult):
+    else:
         for score in result.scores:
             writer.writerow([repr(float(score))])
-    else:
-        raise TypeError(f"a CSV request cannot produce {type(result).__name__}")
     return out.getvalue().encode()

@@ -46,7 +46,6 @@ DEFAULT_MAX_CONNECTIONS = 4096
 # Workers by default: one per core up to this many. Two or more keep the endpoint healthy while a
 # crashed worker is replaced; each costs one model copy (containers/serve/README.md, Memory).
 MAX_DEFAULT_WORKERS = 4
-DEFAULT_K = 10
 ACCESS_LOG_MODES = ("all", "errors", "off")
 
 
