@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Route
@@ -54,6 +54,7 @@ from ncf_core import runtime
 from .. import contract
 from .handler import LOADING, READY, Context, ServedModel
 from .multi_model import ModelRegistry
+from .responses import REQUEST_ID as _RID
 from .responses import (
     BadRequest,
     GatewayTimeout,
@@ -82,10 +83,9 @@ ABANDON_GRACE_S = 0.5
 IDLE_GC_S = 30.0
 READY_MARKER = "model-ready"
 
-_CUSTOM_ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower()
-# What this app keeps in a request's ASGI scope: when the request arrived, and its id.
+_CUSTOM_ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
+# What this app keeps in a request's ASGI scope: when the request arrived (and its id: ``_RID``).
 _START = "ncf.start"
-_RID = "ncf.request_id"
 
 Handle = Callable[[Scope, Receive], Awaitable[Reply]]
 
@@ -105,6 +105,7 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self.app
+        app._request_id(scope)
         method = scope["method"]
         handle = self.methods["GET" if method == "HEAD" else method]  # the router checked the method
         try:
@@ -276,16 +277,12 @@ class ServingApp(Starlette):
         return f"{self._prefix}-{next(self._ids):x}"
 
     def _request_id(self, scope: Scope) -> str:
-        """This request's id, decided once and kept in the scope (error replies and the log read it)."""
+        """This request's id, decided once and kept in the scope, where every reply and log line reads it."""
         rid = scope.get(_RID)
         if rid is None:
-            rid = scope[_RID] = self.request_id(Headers(scope=scope).get("x-request-id"))
+            given = _headers(scope).get(b"x-request-id")
+            rid = scope[_RID] = self.request_id(None if given is None else given.decode("latin-1"))
         return rid
-
-    def _reply(self, scope: Scope, reply: Reply) -> Reply:
-        """``reply`` with this request's id among its headers (every answer carries it)."""
-        headers = (*reply.headers, ("X-Request-Id", self._request_id(scope)))
-        return Reply(reply.status, reply.body, reply.content_type, headers)
 
     # ------------------------------------------------------------------ /ping
     async def _ping(self, scope: Scope, receive: Receive) -> Reply:
@@ -294,8 +291,7 @@ class ServingApp(Starlette):
             # Another worker serves already and this one's invocations wait for its model: the endpoint
             # is healthy. Saying 503 here would make a load balancer's view flap while workers start.
             status, message = 200, "ready (this worker is still loading; its invocations wait for it)"
-        doc = {"status": "healthy" if status == 200 else "unhealthy", "message": message}
-        return self._reply(scope, Reply.json(doc, status))
+        return Reply.json({"status": "healthy" if status == 200 else "unhealthy", "message": message}, status)
 
     # ------------------------------------------------------------------ invocations
     async def _invoke(self, scope: Scope, receive: Receive) -> Reply:
@@ -307,15 +303,16 @@ class ServingApp(Starlette):
             self.in_flight -= 1
 
     async def _answer_invocation(self, scope: Scope, receive: Receive) -> Reply:
-        headers = Headers(scope=scope)
-        rid = scope[_RID] = self.request_id(headers.get("x-request-id"))
+        headers = _headers(scope)
+        rid = self._request_id(scope)
         name = scope["path_params"].get("name")
-        body = await self._read_body(receive, headers.get("content-length"), headers.get("expect"))
+        body = await self._read_body(receive, headers.get(b"content-length"), headers.get(b"expect"))
         model = await self._target(name)
         if model.state == LOADING:  # another worker may have said 200 to /ping: wait, don't fail
             await self._in_pool(model.wait, model.load_wait_s)
-        context = Context(rid, headers.get(_CUSTOM_ATTRIBUTES), name, model.model_dir, headers.get("accept"))
-        content_type = headers.get("content-type")
+        attributes, accept = _text(headers.get(_CUSTOM_ATTRIBUTES)), _text(headers.get(b"accept"))
+        context = Context(rid, attributes, name, model.model_dir, accept)
+        content_type = _text(headers.get(b"content-type"))
         size = model.input_cost(body)
         if size is not None and size <= INLINE_BODY_BYTES:
             decoded = model.decode(body, content_type, context)
@@ -325,7 +322,7 @@ class ServingApp(Starlette):
             reply = model.answer(decoded, context)
         else:
             reply = await self._timed(scope, context, model.answer, decoded, context)
-        return self._reply(scope, reply)
+        return reply
 
     async def _target(self, name: str | None) -> ServedModel:
         if self.registry is not None:
@@ -338,7 +335,7 @@ class ServingApp(Starlette):
         assert self.model is not None
         return self.model
 
-    async def _read_body(self, receive: Receive, length: str | None, expect: str | None = None) -> bytes:
+    async def _read_body(self, receive: Receive, length: bytes | None, expect: bytes | None = None) -> bytes:
         """The whole body, up to SAGEMAKER_MAX_PAYLOAD_IN_MB (413 above it), within NCF_BODY_TIMEOUT_S.
 
         An over-limit Content-Length is answered at once: without reading when the client waits for
@@ -351,7 +348,7 @@ class ServingApp(Starlette):
             except ValueError:
                 raise BadRequest(f"Content-Length {length!r} is not a number") from None
             if declared > limit:
-                if expect is None or expect.lower() != "100-continue":
+                if expect is None or expect.lower() != b"100-continue":
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(_drain(receive), DRAIN_TIMEOUT_S)
                 raise PayloadTooLarge(self._too_large(declared), headers=(("Connection", "close"),))
@@ -398,10 +395,10 @@ class ServingApp(Starlette):
             "BatchStrategy": "MULTI_RECORD",
             "MaxPayloadInMB": s.max_payload_bytes // 2**20,
         }
-        return self._reply(scope, Reply.json(doc))
+        return Reply.json(doc)
 
     async def _load_model(self, scope: Scope, receive: Receive) -> Reply:
-        body = await self._read_body(receive, Headers(scope=scope).get("content-length"))
+        body = await self._read_body(receive, _headers(scope).get(b"content-length"))
         registry = self._registry()
         try:
             doc = orjson.loads(body)
@@ -410,7 +407,7 @@ class ServingApp(Starlette):
         if not isinstance(doc, dict):
             raise BadRequest('body must be {"model_name": ..., "url": ...}')
         entry = await self._in_pool(registry.load, doc.get("model_name"), doc.get("url"))
-        return self._reply(scope, Reply.json({"status": f"model {entry.name} loaded", **entry.describe()}))
+        return Reply.json({"status": f"model {entry.name} loaded", **entry.describe()})
 
     async def _list_models(self, scope: Scope, receive: Receive) -> Reply:
         registry = self._registry()
@@ -420,15 +417,15 @@ class ServingApp(Starlette):
             limit = None if raw is None else int(raw)
         except ValueError:
             raise BadRequest(f"page size {raw!r} is not an integer") from None
-        return self._reply(scope, Reply.json(registry.page(params.get("next_page_token"), limit)))
+        return Reply.json(registry.page(params.get("next_page_token"), limit))
 
     async def _describe_model(self, scope: Scope, receive: Receive) -> Reply:
-        return self._reply(scope, Reply.json(self._registry().describe(scope["path_params"]["name"])))
+        return Reply.json(self._registry().describe(scope["path_params"]["name"]))
 
     async def _unload_model(self, scope: Scope, receive: Receive) -> Reply:
         name = scope["path_params"]["name"]
         await self._in_pool(self._registry().unload, name)
-        return self._reply(scope, Reply.json({"status": f"model {name} unloaded"}))
+        return Reply.json({"status": f"model {name} unloaded"})
 
     def _registry(self) -> ModelRegistry:
         if self.registry is None:
@@ -445,8 +442,7 @@ class ServingApp(Starlette):
         else:
             log.error("request %s: %s %s failed", rid, method, path, exc_info=exc)
             exc = HttpError(INTERNAL_ERROR)
-        doc = {"error": exc.message, "request_id": rid}
-        return Reply.json(doc, exc.status, (*exc.headers, ("X-Request-Id", rid)))
+        return Reply.json({"error": exc.message, "request_id": rid}, exc.status, exc.headers)
 
     async def _on_router_error(self, request: Request, exc: Exception) -> Reply:
         """The router's own errors: no route for the path (404), or not for this method (405)."""
@@ -501,3 +497,12 @@ async def _drain(receive: Receive) -> None:
         left -= len(message.get("body", b""))
         if not message.get("more_body", False):
             return
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case) name: one C-level pass over the ASGI list."""
+    return dict(scope["headers"])
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

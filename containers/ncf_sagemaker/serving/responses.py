@@ -15,6 +15,8 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 JSON = "application/json"
+# Where the app keeps a request's id in its ASGI scope: every reply to that request carries it.
+REQUEST_ID = "ncf.request_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +33,17 @@ class Reply:
         return cls(status, orjson.dumps(obj), JSON, headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send it; a HEAD request (load balancers' health checks) gets the headers only."""
+        """Send it, with the request's ``X-Request-Id``; a HEAD request (load balancers' health checks)
+        gets the headers only."""
         raw = [
             (b"content-type", self.content_type.encode("latin-1")),
             (b"content-length", str(len(self.body)).encode()),
         ]
-        raw += [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in self.headers]
+        if self.headers:
+            raw += [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in self.headers]
+        rid = scope.get(REQUEST_ID)
+        if rid is not None:
+            raw.append((b"x-request-id", rid.encode("latin-1")))
         await send({"type": "http.response.start", "status": self.status, "headers": raw})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.body})
 
