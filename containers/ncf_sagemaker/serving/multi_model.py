@@ -140,9 +140,6 @@ class ModelRegistry:
         lock.write(b".")
         lock.flush()
 
-    def used_bytes(self) -> int:
-        return sum(e.cost_bytes for e in self.entries().values())
-
     # ------------------------------------------------------------------ the MME API
     def load(self, name: Any, url: Any) -> Entry:
         """Load Model API: 200, 409 if the name is taken, 404 if no artifact at url, 507 over budget."""
@@ -238,9 +235,6 @@ class ModelRegistry:
                 with self._local_lock:
                     self._local[entry.name] = (entry.load_id, served)
             return served
-
-    def local_names(self) -> list[str]:
-        return sorted(self._local)
 
     def sync(self, preload: bool = False) -> None:
         """Drop copies of unloaded or replaced models; with ``preload``, load the ones missing here."""

@@ -52,7 +52,6 @@ class HttpError(Exception):
     """An error with an HTTP status; ``message`` goes to the client as ``{"error": message}``."""
 
     status: int = 500
-    reason: str = "Internal Server Error"
 
     def __init__(self, message: str, *, headers: tuple[tuple[str, str], ...] = ()):
         super().__init__(message)
@@ -61,48 +60,48 @@ class HttpError(Exception):
 
 
 class BadRequest(HttpError):
-    status, reason = 400, "Bad Request"
+    status = 400
 
 
 class NotFound(HttpError):
-    status, reason = 404, "Not Found"
+    status = 404
 
 
 class MethodNotAllowed(HttpError):
-    status, reason = 405, "Method Not Allowed"
+    status = 405
 
 
 class NotAcceptable(HttpError):
-    status, reason = 406, "Not Acceptable"
+    status = 406
 
 
 class RequestTimeout(HttpError):
-    status, reason = 408, "Request Timeout"
+    status = 408
 
 
 class Conflict(HttpError):
-    status, reason = 409, "Conflict"
+    status = 409
 
 
 class PayloadTooLarge(HttpError):
-    status, reason = 413, "Payload Too Large"
+    status = 413
 
 
 class UnsupportedMediaType(HttpError):
-    status, reason = 415, "Unsupported Media Type"
+    status = 415
 
 
 class ServiceUnavailable(HttpError):
-    status, reason = 503, "Service Unavailable"
+    status = 503
 
 
 class InsufficientStorage(HttpError):
     """507: SageMaker's multi-model contract uses it for "no memory left to load this model"."""
 
-    status, reason = 507, "Insufficient Storage"
+    status = 507
 
 
 class GatewayTimeout(HttpError):
     """The prediction outlived SAGEMAKER_MODEL_SERVER_TIMEOUT (its thread finishes in the background)."""
 
-    status, reason = 504, "Gateway Timeout"
+    status = 504
