@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -24,8 +23,6 @@ from torch.nn import functional as F
 
 from .config import MODEL_TYPES
 from .errors import ConfigError
-
-ModelType = Literal["gmf", "mlp", "neumf"]
 
 
 @dataclass(frozen=True)
