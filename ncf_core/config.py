@@ -18,14 +18,12 @@ import typing
 from collections.abc import Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigError
 
-if TYPE_CHECKING:
-    from .models import ModelConfig
-
 MODEL_TYPES: tuple[str, ...] = ("gmf", "mlp", "neumf")
+MAX_LAYERS = 8  # MLP tower depth: the first layer is factor * 2**num_layers wide
 EMBEDDING_UPDATES: tuple[str, ...] = ("auto", "dense", "lazy")
 DEFAULT_TOP_K = 10  # K of HR@K / NDCG@K, and the default length of a recommendation list
 NUM_EVAL_NEGATIVES = 99  # negatives each held-out item is ranked against (He et al. 2017)
@@ -68,6 +66,19 @@ class Entry(_Spec):
     name: str  # the dataclass field
     kind: type  # int, float, str or bool (None is allowed when the default is None)
     default: Any
+
+
+def check_network(model: str, factor: int, num_layers: int, dropout: float) -> None:
+    """The network's shape: ``TrainConfig.validate`` checks it before any data loads, ``ModelConfig`` (a
+    network being built, or read back from an artifact) with the same words."""
+    if model not in MODEL_TYPES:
+        raise ConfigError(f"model must be one of {', '.join(MODEL_TYPES)}, got {model!r}")
+    if factor < 1:
+        raise ConfigError(f"factor must be ≥ 1, got {factor}")
+    if model != "gmf" and not 1 <= num_layers <= MAX_LAYERS:
+        raise ConfigError(f"num_layers must be between 1 and {MAX_LAYERS}, got {num_layers}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
 
 
 @dataclass
@@ -153,8 +164,8 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        if self.model not in MODEL_TYPES:
-            raise ConfigError(f"model must be one of {', '.join(MODEL_TYPES)}, got {self.model!r}")
+        """Every check on the settings (the CLI runs it before any data loads)."""
+        check_network(self.model, self.factor, self.num_layers, self.dropout)
         checks = [
             (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
@@ -184,11 +195,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-
-    def model_config(self, num_users: int, num_items: int) -> ModelConfig:
-        from .models import ModelConfig  # torch: only when a network is built
-
-        return ModelConfig(self.model, num_users, num_items, self.factor, self.num_layers, self.dropout)
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings that must not change across a resume (epochs/patience/device may, and where the
