@@ -42,7 +42,7 @@ EVALUATED_TRAINING_JOB_ENV = "NCF_TRAINING_JOB_NAME"
 SUBMIT_DIRECTORY_HP = "sagemaker_submit_directory"
 PROGRAM_HP = "sagemaker_program"
 MPI_ENABLED_HP = "sagemaker_mpi_enabled"
-DISTRIBUTION_HP_PREFIX = "sagemaker_"  # every key starting with it belongs to the platform, not to us
+# (every key starting with sagemaker_ is the platform's: ncf_core.config.is_platform_key)
 
 
 def base_dir() -> Path:

@@ -1,5 +1,6 @@
 """Who may import whom, read from the source (every import, also those inside functions and under
-TYPE_CHECKING): no import cycle among ncf_core's modules."""
+TYPE_CHECKING): no import cycle among ncf_core's modules; the launchers and the MLOps pipeline use ncf_core's
+settings and the names in ncf_sagemaker.contract, never the training image's adapter."""
 
 from __future__ import annotations
 
@@ -54,3 +55,12 @@ def test_ncf_core_has_no_import_cycle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+@pytest.mark.parametrize(
+    ("root", "package"), [("mlops/ncf_mlops", "ncf_mlops"), ("scripts/ncf_launch", "ncf_launch")]
+)
+def test_launchers_and_mlops_do_not_import_the_training_adapter(root, package):
+    for path in sorted((ROOT / root).glob("*.py")):
+        bad = {m for m in imported_modules(path, package) if m.startswith("ncf_sagemaker.training")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
