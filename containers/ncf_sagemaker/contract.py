@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ncf_core.config import PRETRAIN_PARTS
+
 # ------------------------------------------------------------------ environment variables
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_BASE_DIR = "/opt/ml"
@@ -70,9 +72,13 @@ def input_data_config_file() -> Path:
 
 
 # ------------------------------------------------------------------ channels
+# The training image's channels, listed once (the launcher and the pipeline import them from here): train,
+# an optional test, and the optional pre-trained parts, a channel each named as the part (earlier jobs'
+# models, to initialise a NeuMF).
 TRAIN_CHANNEL = "train"
 TEST_CHANNEL = "test"
-PRETRAIN_CHANNELS = ("gmf", "mlp")  # optional: earlier jobs' models, to initialise a NeuMF
+PRETRAIN_CHANNELS: tuple[str, ...] = PRETRAIN_PARTS
+TRAINING_CHANNELS: tuple[str, ...] = (TRAIN_CHANNEL, TEST_CHANNEL, *PRETRAIN_CHANNELS)
 
 
 def channel_dir(name: str) -> Path:

@@ -33,6 +33,7 @@ from pathlib import Path
 from ncf_core import config as schema
 from ncf_core.errors import ConfigError
 from ncf_core.jsonio import write_json
+from ncf_sagemaker.contract import TRAINING_CHANNELS
 
 from .aws_client import (
     LOCAL_TAG,
@@ -61,7 +62,7 @@ from .aws_client import (
     stamp,
 )
 
-CHANNELS = ("train", "test", "gmf", "mlp")
+CHANNELS = TRAINING_CHANNELS  # each has its flag: --train, --test, --gmf, --mlp
 LOCAL_INSTANCE_TYPES = ("local", "local_gpu")
 POLL_SECONDS = 30
 

@@ -194,3 +194,12 @@ def test_pretrained_parts_start_only_a_neumf_with_one_message_everywhere(tmp_pat
         check_hyperparameters({"model": "gmf"}, pretrained=True)
     check_hyperparameters({"model": "gmf"})  # without pre-trained parts a GMF is fine
     check_hyperparameters({"model": "neumf"}, pretrained=True)
+
+
+def test_the_launcher_sends_every_channel_of_the_image():
+    from ncf_launch.train import CHANNELS, parser
+
+    assert CHANNELS == contract.TRAINING_CHANNELS
+    assert set(contract.PRETRAIN_CHANNELS) == set(config.PRETRAIN_PARTS)
+    flags = {a.dest for a in parser()._actions}
+    assert set(CHANNELS) <= flags
