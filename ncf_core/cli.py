@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,10 @@ def _number_or_auto(text: str) -> float | None:
 
 
 def train_settings(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig]:
-    """The parsed ``train`` arguments as the two validated settings objects."""
-    train, split = (
-        cls(**{f.name: getattr(args, f.name) for f in fields(cls)}) for cls in (TrainConfig, DataConfig)
-    )
-    train.validate()
-    split.validate()
-    return train, split
+    """The parsed ``train`` arguments as the two settings objects, checked (``config.settings``) before any
+    data is read."""
+    checked = config.settings({e.name: getattr(args, e.name) for e in config.entries()})
+    return checked.config, checked.data
 
 
 def build_parser() -> argparse.ArgumentParser:

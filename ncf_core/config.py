@@ -1,31 +1,36 @@
-"""The training settings, declared once: ``TrainConfig`` (the model and its training) and ``DataConfig``
-(how interactions are split for evaluation).
+"""The training settings, declared and checked once: ``TrainConfig`` (the model and its training) and
+``DataConfig`` (how interactions are split for evaluation).
 
 Each field's metadata says how the outside world spells it: the ``ncf train`` flag, the SageMaker
 hyperparameter and the seed workshop's aliases, choices, whether ``auto`` stands for None, and one line of
-help. The CLI, the training image's hyperparameter parser, the launch script's check and the README's table
-are all generated from ``entries()``, so a new setting is added here and nowhere else.
+help. The CLI and the README's table are generated from ``entries()``; ``parse_hyperparameters`` turns
+SageMaker's string hyperparameters into settings. Every value check is here (``validate``, and
+``check_network`` / ``check_pretraining``, which ``ModelConfig`` and the training image reuse), so the
+CLI, the training image, the launch script and the pipeline refuse a bad value before any data is read,
+with the same message.
 
 Imports neither torch nor numpy: the launch scripts (boto3 only) validate hyperparameters with it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigError
 
-if TYPE_CHECKING:
-    from .models import ModelConfig
-
 MODEL_TYPES: tuple[str, ...] = ("gmf", "mlp", "neumf")
+# The paper's pre-training starts a NeuMF from a trained GMF and a trained MLP: the parts, named as their
+# models (the sub-directories of ``pretrain_dir``, and the training image's channels that bring them).
+PRETRAIN_PARTS: tuple[str, ...] = ("gmf", "mlp")
+MAX_LAYERS = 8  # MLP tower depth: the first layer is factor * 2**num_layers wide
 EMBEDDING_UPDATES: tuple[str, ...] = ("auto", "dense", "lazy")
 DEFAULT_TOP_K = 10  # K of HR@K / NDCG@K, and the default length of a recommendation list
 NUM_EVAL_NEGATIVES = 99  # negatives each held-out item is ranked against (He et al. 2017)
@@ -68,6 +73,28 @@ class Entry(_Spec):
     name: str  # the dataclass field
     kind: type  # int, float, str or bool (None is allowed when the default is None)
     default: Any
+
+
+def check_network(model: str, factor: int, num_layers: int, dropout: float) -> None:
+    """The network's shape: ``TrainConfig.validate`` checks it before any data loads, ``ModelConfig`` (a
+    network being built, or read back from an artifact) with the same words."""
+    if model not in MODEL_TYPES:
+        raise ConfigError(f"model must be one of {', '.join(MODEL_TYPES)}, got {model!r}")
+    if factor < 1:
+        raise ConfigError(f"factor must be ≥ 1, got {factor}")
+    if model != "gmf" and not 1 <= num_layers <= MAX_LAYERS:
+        raise ConfigError(f"num_layers must be between 1 and {MAX_LAYERS}, got {num_layers}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def check_pretraining(model: str) -> None:
+    """Pre-trained parts (``pretrain_dir``, the image's gmf and mlp channels, the launcher's --gmf and --mlp)
+    only start a NeuMF."""
+    if model != "neumf":
+        raise ConfigError(
+            f"pre-trained {' and '.join(PRETRAIN_PARTS)} models initialise a NeuMF model, but model={model}"
+        )
 
 
 @dataclass
@@ -153,8 +180,10 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        if self.model not in MODEL_TYPES:
-            raise ConfigError(f"model must be one of {', '.join(MODEL_TYPES)}, got {self.model!r}")
+        """Every check on the settings (``settings()`` runs it, before any data loads)."""
+        check_network(self.model, self.factor, self.num_layers, self.dropout)
+        if self.pretrain_dir is not None:
+            check_pretraining(self.model)
         checks = [
             (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
@@ -179,16 +208,10 @@ class TrainConfig:
                 self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                 f"device must be auto, cpu or cuda[:N], got {self.device!r}",
             ),
-            (self.pretrain_dir is None or self.model == "neumf", "pretrain_dir only applies to model neumf"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-
-    def model_config(self, num_users: int, num_items: int) -> ModelConfig:
-        from .models import ModelConfig  # torch: only when a network is built
-
-        return ModelConfig(self.model, num_users, num_items, self.factor, self.num_layers, self.dropout)
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings that must not change across a resume (epochs/patience/device may, and where the
@@ -275,6 +298,100 @@ def unknown_hyperparameters(names: Iterable[str]) -> list[str]:
     """The names, sorted, that the image would refuse."""
     accepted = hyperparameters()
     return sorted(n for n in names if n not in accepted and not is_platform_key(n))
+
+
+def decode(value: Any) -> Any:
+    """Undo SageMaker's encoding of one hyperparameter: every value is a string, and SDK ≥ 2.110
+    JSON-encodes them (``"256"``, ``"\\"neumf\\""``); a value that is no JSON scalar is the text itself."""
+    if not isinstance(value, str):
+        return value
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return decoded if isinstance(decoded, str | int | float | bool) or decoded is None else value
+
+
+def convert(name: str, raw: Any, kind: type) -> Any:
+    """Hyperparameter ``name``'s value as a ``kind`` (bool, int, float or str); a ConfigError if it is not
+    one."""
+    value = decode(raw)
+    shown = raw if isinstance(raw, str) else json.dumps(raw)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes"):
+            return True
+        if text in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"hyperparameter {name}={shown!r} is not a boolean (use true or false)")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"hyperparameter {name}={shown!r} is not an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"hyperparameter {name}={shown!r} is not an integer") from None
+    if kind is float:
+        try:
+            number = float(str(value).strip()) if not isinstance(value, bool) else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ConfigError(f"hyperparameter {name}={shown!r} is not a number")
+        return number
+    return str(value).strip()
+
+
+@dataclass
+class Settings:
+    """What a training run is told: the model and its training, and how the data is split."""
+
+    config: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@cache
+def _by_field() -> dict[str, Entry]:
+    return {e.name: e for e in entries()}
+
+
+def settings(values: Mapping[str, Any]) -> Settings:
+    """Settings from values by field name (the others default), every check run: the CLI's flags and the
+    parsed hyperparameters both come through here."""
+    by_section: dict[type, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for name, value in values.items():
+        by_section[_by_field()[name].section][name] = value
+    out = Settings(TrainConfig(**by_section[TrainConfig]), DataConfig(**by_section[DataConfig]))
+    out.config.validate()
+    out.data.validate()
+    return out
+
+
+def parse_hyperparameters(raw: Mapping[str, Any]) -> Settings:
+    """SageMaker's hyperparameters (strings, plain or JSON-encoded; our names or the workshop's aliases) as
+    checked settings. Unknown names are refused with the accepted ones; ``sagemaker_*`` keys are the
+    platform's and ignored. The training image, the launch script and the pipeline all call this."""
+    unknown = unknown_hyperparameters(raw)
+    accepted = hyperparameters()
+    if unknown:
+        raise ConfigError(
+            f"unknown hyperparameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}"
+        )
+    values: dict[str, Any] = {}
+    for key, raw_value in raw.items():
+        if key not in accepted:  # a platform key
+            continue
+        entry = accepted[key]
+        null = null_text(entry)
+        if null is not None and str(decode(raw_value)).strip().lower() == null:
+            values[entry.name] = None
+        else:
+            values[entry.name] = convert(key, raw_value, entry.kind)
+    return settings(values)
 
 
 def null_text(e: Entry) -> str | None:

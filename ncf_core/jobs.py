@@ -11,7 +11,7 @@ import numpy as np
 
 from . import artifact, pretraining
 from . import data as ncf_data
-from .config import DEFAULT_TOP_K
+from .config import DEFAULT_TOP_K, PRETRAIN_PARTS
 from .errors import ConfigError, DataError
 from .evaluation import Metrics, evaluate
 from .models import NCF
@@ -19,14 +19,12 @@ from .training import Distributed, EpochReport, TrainConfig, Trainer, TrainResul
 
 log = logging.getLogger("ncf_core.jobs")
 
-PRETRAIN_SUBDIRS = ("gmf", "mlp")
-
 
 def load_pretrained(pretrain_dir: str | Path, data: ncf_data.Interactions, config: TrainConfig) -> NCF:
     """NeuMF initialised from ``DIR/gmf`` and ``DIR/mlp`` artifacts trained on the same ids."""
     root = Path(pretrain_dir)
     parts = {}
-    for name in PRETRAIN_SUBDIRS:
+    for name in PRETRAIN_PARTS:
         art = artifact.load(root / name)
         if art.user_ids != data.user_ids or art.item_ids != data.item_ids:
             raise ConfigError(f"pre-trained {root / name} was trained on other user/item ids than this data")

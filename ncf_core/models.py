@@ -16,16 +16,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import MODEL_TYPES
+from .config import TrainConfig, check_network
 from .errors import ConfigError
-
-ModelType = Literal["gmf", "mlp", "neumf"]
 
 
 @dataclass(frozen=True)
@@ -40,16 +37,14 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_TYPES:
-            raise ConfigError(f"model must be one of {', '.join(MODEL_TYPES)}, got {self.model!r}")
+        check_network(self.model, self.factor, self.num_layers, self.dropout)  # TrainConfig's own check
         if self.num_users < 1 or self.num_items < 1:
             raise ConfigError("num_users and num_items must be positive")
-        if self.factor < 1:
-            raise ConfigError(f"factor must be ≥ 1, got {self.factor}")
-        if self.model != "gmf" and not 1 <= self.num_layers <= 8:
-            raise ConfigError(f"num_layers must be between 1 and 8, got {self.num_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def for_training(cls, config: TrainConfig, num_users: int, num_items: int) -> ModelConfig:
+        """The network ``config`` trains on data with these many users and items."""
+        return cls(config.model, num_users, num_items, config.factor, config.num_layers, config.dropout)
 
     @property
     def uses_gmf(self) -> bool:

@@ -31,7 +31,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .evaluation import Metrics, evaluate
 from .health import TensorHealth, network_health, warn_if_dying
 from .lazy_adam import LazyAdam
-from .models import NCF
+from .models import NCF, ModelConfig
 from .runtime import flush_denormals, tune_allocator
 from .sampling import PositiveSet, sample_negatives
 
@@ -172,7 +172,7 @@ class Trainer:
         self.progress_interval_s = progress_interval_s
 
         torch.manual_seed(config.seed)
-        model = initial_model or NCF(config.model_config(data.num_users, data.num_items))
+        model = initial_model or NCF(ModelConfig.for_training(config, data.num_users, data.num_items))
         if (model.config.num_users, model.config.num_items) != (data.num_users, data.num_items):
             raise ConfigError("initial model was built for other user/item counts than the data")
         if initial_model is None:

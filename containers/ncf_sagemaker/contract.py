@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ncf_core.config import PRETRAIN_PARTS
+
 # ------------------------------------------------------------------ environment variables
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_BASE_DIR = "/opt/ml"
@@ -17,7 +19,6 @@ DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
 PROGRAM_ENV = "SAGEMAKER_PROGRAM"
 SUBMIT_DIRECTORY_ENV = "SAGEMAKER_SUBMIT_DIRECTORY"
 BIND_TO_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
-SAFE_PORT_RANGE_ENV = "SAGEMAKER_SAFE_PORT_RANGE"
 DEFAULT_PORT = 8080
 MULTI_MODEL_ENV = "SAGEMAKER_MULTI_MODEL"
 MODEL_SERVER_WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
@@ -43,7 +44,7 @@ EVALUATED_TRAINING_JOB_ENV = "NCF_TRAINING_JOB_NAME"
 SUBMIT_DIRECTORY_HP = "sagemaker_submit_directory"
 PROGRAM_HP = "sagemaker_program"
 MPI_ENABLED_HP = "sagemaker_mpi_enabled"
-DISTRIBUTION_HP_PREFIX = "sagemaker_"  # every key starting with it belongs to the platform, not to us
+# (every key starting with sagemaker_ is the platform's: ncf_core.config.is_platform_key)
 
 
 def base_dir() -> Path:
@@ -71,9 +72,13 @@ def input_data_config_file() -> Path:
 
 
 # ------------------------------------------------------------------ channels
+# The training image's channels, listed once (the launcher and the pipeline import them from here): train,
+# an optional test, and the optional pre-trained parts, a channel each named as the part (earlier jobs'
+# models, to initialise a NeuMF).
 TRAIN_CHANNEL = "train"
 TEST_CHANNEL = "test"
-PRETRAIN_CHANNELS = ("gmf", "mlp")  # optional: earlier jobs' models, to initialise a NeuMF
+PRETRAIN_CHANNELS: tuple[str, ...] = PRETRAIN_PARTS
+TRAINING_CHANNELS: tuple[str, ...] = (TRAIN_CHANNEL, TEST_CHANNEL, *PRETRAIN_CHANNELS)
 
 
 def channel_dir(name: str) -> Path:

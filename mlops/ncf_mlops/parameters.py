@@ -96,10 +96,8 @@ def parameters(data_uri: str, tracking_uri: str = "") -> tuple[Parameter, ...]:
 def check_value(p: Parameter, text: str) -> str:
     """``text`` if the pipeline (and the image) would accept it for ``p``; else a UsageError saying why."""
     if p.hyperparameter is not None:
-        from ncf_sagemaker.training import hyperparameters  # the image's own parser
-
         try:
-            hyperparameters.parse({p.name: text})
+            schema.parse_hyperparameters({p.name: text})  # what the image parses with
         except ConfigError as exc:
             raise UsageError(f"--param {p.name}={text}: {exc}") from None
         return text

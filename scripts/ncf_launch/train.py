@@ -6,12 +6,12 @@
     scripts/train.sh ... --instance-count 2                distributed data-parallel over two instances
     scripts/train.sh --local --train data/ml-1m --hp epochs=1   the same job in Docker on this machine
 
-Hyperparameters are sent as strings, exactly as given (--hp epochs=20 -> "20"); names the image does not
-accept (the schema in ncf_core.config, which the image parses with) are refused here, before a job is
-created. The metric definitions come from scripts/metric_definitions.json. --image defaults to
-ncf-train:latest in this account's ECR (checked to exist); the role defaults to $SAGEMAKER_ROLE_ARN. --wait
-polls the job until it ends, printing each status change, and on failure prints the job's FailureReason
-(exit 1).
+Hyperparameters are sent as strings, exactly as given (--hp epochs=20 -> "20"); what the image would refuse
+(an unknown name, a bad value, --gmf and --mlp with a model other than neumf: ncf_core.config, which the
+image parses with) is refused here, with the image's message, before a job is created. The metric
+definitions come from scripts/metric_definitions.json. --image defaults to ncf-train:latest in this
+account's ECR (checked to exist); the role defaults to $SAGEMAKER_ROLE_ARN. --wait polls the job until it
+ends, printing each status change, and on failure prints the job's FailureReason (exit 1).
 
 --local builds the /opt/ml tree SageMaker would create (input/config/*.json, input/data/CHANNEL, model,
 output, checkpoints) under --local-dir, and runs `docker run IMAGE train` on it with the same mounts
@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 from ncf_core import config as schema
+from ncf_core.errors import ConfigError
 from ncf_core.jsonio import write_json
+from ncf_sagemaker.contract import TRAINING_CHANNELS
 
 from .aws_client import (
     LOCAL_TAG,
@@ -60,7 +62,7 @@ from .aws_client import (
     stamp,
 )
 
-CHANNELS = ("train", "test", "gmf", "mlp")
+CHANNELS = TRAINING_CHANNELS  # each has its flag: --train, --test, --gmf, --mlp
 LOCAL_INSTANCE_TYPES = ("local", "local_gpu")
 POLL_SECONDS = 30
 
@@ -120,14 +122,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_hyperparameters(hp: dict[str, str]) -> None:
-    """Refuse names the image would refuse (the schema it parses with; sagemaker_* are the platform's)."""
-    unknown = schema.unknown_hyperparameters(hp)
-    if unknown:
-        raise UsageError(
-            f"unknown hyperparameter(s) {', '.join(unknown)}; "
-            f"the image accepts: {', '.join(sorted(schema.hyperparameters()))}"
-        )
+def check_hyperparameters(hp: dict[str, str], pretrained: bool = False) -> None:
+    """Refuse what the image would refuse, with its message: it parses with the same function. With
+    ``pretrained`` (--gmf and --mlp) the model must be a NeuMF, as the image's pre-training checks."""
+    try:
+        settings = schema.parse_hyperparameters(hp)
+        if pretrained:
+            schema.check_pretraining(settings.config.model)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_numbers(args: argparse.Namespace) -> None:
@@ -401,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         hp = key_values(args.hp, "--hp")
-        check_hyperparameters(hp)
+        check_hyperparameters(hp, pretrained=bool(args.gmf and args.mlp))
         check_numbers(args)
         job = check_name(args.job_name or f"ncf-train-{stamp()}", "--job-name")
         if args.local:

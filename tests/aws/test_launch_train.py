@@ -93,10 +93,20 @@ def test_train_defaults_single_on_demand_instance(aws):
     assert job["HyperParameters"] == {}
 
 
+PRETRAINED = f"s3://{BUCKET}/ncf/ml/ratings.csv"  # stands for a model.tar.gz: refused before it is read
+
+
 @pytest.mark.parametrize(
     ("args", "env_change", "message"),
     [
         (["--hp", "log_interval=500"], {}, "unknown hyperparameter(s) log_interval"),
+        (["--hp", "factor=0"], {}, "factor must be ≥ 1, got 0"),
+        (["--hp", "lr=abc"], {}, "hyperparameter lr='abc' is not a number"),
+        (
+            ["--gmf", PRETRAINED, "--mlp", PRETRAINED, "--hp", "model=gmf"],
+            {},
+            "pre-trained gmf and mlp models initialise a NeuMF model, but model=gmf",
+        ),
         (["--hp", "epochs"], {}, "is not KEY=VALUE"),
         ([], {"SAGEMAKER_ROLE_ARN": ""}, "no IAM role"),
         (["--role-arn", "SageMakerRole"], {}, "is not an IAM role ARN"),
@@ -160,14 +170,14 @@ def test_train_wait_reports_the_failure_reason(aws):
 # ------------------------------------------------------------------------------- train.sh --local (Docker)
 
 # A stand-in training image: its `train` records what it finds under /opt/ml, the way our image reads it,
-# and fails like our image does (output/failure, exit 1) when epochs is "-1".
+# and fails like our image does (output/failure, exit 1) when epochs is "13" (a value train.sh accepts).
 FAKE_TRAIN = r"""#!/usr/bin/env python3
 import json, os, pathlib, socket, sys
 ml = pathlib.Path("/opt/ml")
 config = {n: json.loads((ml / "input/config" / f"{n}.json").read_text())
           for n in ("hyperparameters", "resourceconfig", "inputdataconfig")}
-if config["hyperparameters"].get("epochs") == "-1":
-    (ml / "output/failure").write_text("hyperparameter epochs='-1' must be at least 1")
+if config["hyperparameters"].get("epochs") == "13":
+    (ml / "output/failure").write_text("CUDA error: out of memory")
     sys.exit(1)
 channels = {c: sorted(p.name for p in (ml / "input/data" / c).iterdir()) for c in config["inputdataconfig"]}
 try:
@@ -231,19 +241,21 @@ def test_train_local_builds_sagemakers_tree_and_runs_the_image(aws, fake_train_i
     with tarfile.open(tree / "output" / "model.tar.gz") as tar:
         assert tar.getnames() == ["seen.json"]
 
-    # the same tree again is refused; a failing job shows the image's output/failure and exits 1
+    # the same tree again is refused; a bad hyperparameter is refused before the image runs; a failing job
+    # shows the image's output/failure and exits 1
     refused(
         aws.run(
             "train", "--local", "--image", fake_train_image, "--local-dir", str(tree), "--train", str(prefix)
         ),
         "is not empty",
     )
-    proc = aws.run(
-        "train", "--local", "--image", fake_train_image, "--local-dir", str(tmp_path / "t2"),
-        "--train", str(prefix), "--hp", "epochs=-1",
-    )  # fmt: skip
+    t2 = tmp_path / "t2"
+    args = ["--local", "--image", fake_train_image, "--local-dir", str(t2), "--train", str(prefix)]
+    refused(aws.run("train", *args, "--hp", "epochs=-1"), "epochs must be ≥ 1, got -1")
+    assert not t2.exists()
+    proc = aws.run("train", *args, "--hp", "epochs=13")
     assert proc.returncode == 1
-    assert "exited 1: hyperparameter epochs='-1' must be at least 1" in proc.stderr
+    assert "exited 1: CUDA error: out of memory" in proc.stderr
     refused(
         aws.run("train", "--local", "--image", "ncf-no-such-image:x", "--train", str(prefix)),
         "no local image",

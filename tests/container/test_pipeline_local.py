@@ -62,9 +62,8 @@ def sh(aws: Aws, tmp_path_factory) -> Iterator:
     bin_dir = work / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(sys.executable)  # the README's `python`
-    pythonpath = os.pathsep.join(str(ROOT / p) for p in ("", "containers", "scripts", "mlops"))
     env = aws_env(aws.server.url, BUCKET=BUCKET)
-    env |= {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "PYTHONPATH": pythonpath}
+    env |= {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}  # the packages are installed: no PYTHONPATH
 
     def run(command: str) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -133,11 +133,21 @@ def test_train_local_with_the_training_image(trained):
     assert any((tree / "checkpoints").iterdir())
 
 
-def test_train_local_bad_hyperparameter_shows_the_failure_reason(trained, data, tmp_path):
+def test_train_local_bad_hyperparameter_is_refused_before_the_image_runs(trained, data, tmp_path):
     proc = run("train", "--local", "--train", str(data), "--local-dir", str(tmp_path / "t"), "--hp", "lr=abc")
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]  # train.sh checks with the image's own parser
     assert "lr='abc' is not a number" in proc.stderr
-    assert (tmp_path / "t" / "output" / "failure").is_file()
+    assert not (tmp_path / "t").exists()
+
+
+def test_train_local_failing_job_shows_the_failure_reason(trained, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "u.data").write_text("1\t2\t3\t4\n1\tx\t3\t4\n")  # line 2: item "x"
+    proc = run("train", "--local", "--train", str(bad), "--local-dir", str(tmp_path / "t"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "u.data, line 2" in proc.stderr
+    assert "u.data, line 2" in (tmp_path / "t" / "output" / "failure").read_text()
 
 
 def test_invoke_local_against_the_serving_image(trained, data, tmp_path):

@@ -1,5 +1,6 @@
-"""The one schema of training settings (ncf_core.config) and everything generated from it: the image's
-hyperparameter parser, the launch script's check, the ``ncf_core train`` CLI and the README's table."""
+"""The one schema of training settings (ncf_core.config) and everything generated from it or checked with it:
+the hyperparameter parser (the image's, the launch script's and the pipeline's), the ``ncf_core train`` CLI
+and the README's table."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from ncf_core.errors import ConfigError
 from ncf_launch.aws_client import UsageError
 from ncf_launch.train import check_hyperparameters
 from ncf_sagemaker import contract
-from ncf_sagemaker.training import hyperparameters
 from tests.support import ROOT
 
 HYPERPARAMETER_ENTRIES = [e for e in config.entries() if e.hyperparameter is not None]
@@ -41,7 +41,7 @@ def as_sent(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def parsed(options: hyperparameters.JobOptions, e: Entry) -> Any:
+def parsed(options: config.Settings, e: Entry) -> Any:
     return getattr({TrainConfig: options.config, DataConfig: options.data}[e.section], e.name)
 
 
@@ -77,16 +77,17 @@ def test_names_are_unique_and_every_field_is_declared():
 def test_the_image_accepts_every_schema_name(name, encode):
     e = config.hyperparameters()[name]
     value = sample(e)
-    assert parsed(hyperparameters.parse({name: encode(value)}), e) == value
+    assert parsed(config.parse_hyperparameters({name: encode(value)}), e) == value
 
 
 def test_the_launcher_accepts_every_schema_name_and_platform_keys():
-    check_hyperparameters({name: "1" for name in config.hyperparameters()} | {"sagemaker_program": "x"})
+    hp = {name: as_sent(sample(e)) for name, e in config.hyperparameters().items()}
+    check_hyperparameters(hp | {"sagemaker_program": "x"})
 
 
 def test_unknown_names_are_refused_by_image_and_launcher():
     with pytest.raises(ConfigError, match="unknown hyperparameter"):
-        hyperparameters.parse({"learning_rat": "0.1"})
+        config.parse_hyperparameters({"learning_rat": "0.1"})
     with pytest.raises(UsageError, match="unknown hyperparameter"):
         check_hyperparameters({"learning_rat": "0.1"})
     # what is not a hyperparameter of the image (pretrain_dir comes from its channels) is refused too
@@ -94,7 +95,9 @@ def test_unknown_names_are_refused_by_image_and_launcher():
 
 
 def test_platform_keys_are_the_platforms():
-    assert config.PLATFORM_HP_PREFIX == contract.DISTRIBUTION_HP_PREFIX
+    for key in (contract.PROGRAM_HP, contract.SUBMIT_DIRECTORY_HP, contract.MPI_ENABLED_HP):
+        assert config.is_platform_key(key)
+    assert not any(config.is_platform_key(name) for name in config.hyperparameters())
 
 
 def test_cli_defaults_are_the_schemas():
@@ -130,4 +133,73 @@ def test_each_default_as_sent_parses_back_to_the_default(e):
     """What a pipeline parameter defaults to (a string, as SageMaker sends it) means the schema default."""
     text = config.default_as_sent(e)
     assert isinstance(text, str)
-    assert parsed(hyperparameters.parse({e.hyperparameter: text}), e) == e.default
+    assert parsed(config.parse_hyperparameters({e.hyperparameter: text}), e) == e.default
+
+
+@pytest.mark.parametrize(
+    ("name", "flag", "text", "message"),
+    [
+        ("factor", "--factor", "0", "factor must be ≥ 1, got 0"),
+        ("num_layers", "--layers", "9", "num_layers must be between 1 and 8, got 9"),
+        ("dropout", "--dropout", "1", "dropout must be in [0, 1), got 1.0"),
+        ("lr_decay", "--lr-decay", "2", "lr_decay must be in [0, 1], got 2.0"),
+    ],
+)
+def test_a_bad_value_is_refused_before_any_data_with_one_message_everywhere(
+    tmp_path, monkeypatch, name, flag, text, message
+):
+    """The image, the CLI, the launch script and the pipeline all check with ncf_core.config: the same words,
+    and before any data is read (the CLI's data does not even exist; the image's loader is never called)."""
+    from ncf_mlops.parameters import check_value, parameters
+    from ncf_sagemaker.training import job
+    from tests.support.sagemaker_tree import SageMakerTree
+
+    with pytest.raises(ConfigError) as parsed_error:
+        config.parse_hyperparameters({name: text})
+    assert str(parsed_error.value) == message
+
+    # the training image's program
+    tree = SageMakerTree(tmp_path / "ml")
+    tree.write_config({name: text})
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tree.base))
+    monkeypatch.delenv("SAGEMAKER_PROGRAM", raising=False)
+    monkeypatch.setattr(job, "_configure_logging", lambda: None)
+    monkeypatch.setattr(job, "load_job_data", lambda *_: pytest.fail("data loaded before the check"))
+    assert job.main() == job.EXIT_FAILED
+    assert (tree.output / "failure").read_text() == message
+
+    # the launch script
+    with pytest.raises(UsageError) as launcher_error:
+        check_hyperparameters({name: text})
+    assert str(launcher_error.value) == message
+
+    # the pipeline's parameter check
+    (parameter,) = [p for p in parameters("s3://bucket/data") if p.name == name]
+    with pytest.raises(UsageError) as pipeline_error:
+        check_value(parameter, text)
+    assert str(pipeline_error.value) == f"--param {name}={text}: {message}"
+
+    # the CLI, given data that does not exist
+    argv = ["train", "--data", str(tmp_path / "no-such-data"), "--model-dir", str(tmp_path / "m"), flag, text]
+    proc = subprocess.run([sys.executable, "-m", "ncf_core", *argv], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {message}"
+
+
+def test_pretrained_parts_start_only_a_neumf_with_one_message_everywhere(tmp_path):
+    message = "pre-trained gmf and mlp models initialise a NeuMF model, but model=gmf"
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(model="gmf", pretrain_dir=str(tmp_path)).validate()
+    with pytest.raises(UsageError, match=message):
+        check_hyperparameters({"model": "gmf"}, pretrained=True)
+    check_hyperparameters({"model": "gmf"})  # without pre-trained parts a GMF is fine
+    check_hyperparameters({"model": "neumf"}, pretrained=True)
+
+
+def test_the_launcher_sends_every_channel_of_the_image():
+    from ncf_launch.train import CHANNELS, parser
+
+    assert CHANNELS == contract.TRAINING_CHANNELS
+    assert set(contract.PRETRAIN_CHANNELS) == set(config.PRETRAIN_PARTS)
+    flags = {a.dest for a in parser()._actions}
+    assert set(CHANNELS) <= flags

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ncf_core.config import MODEL_TYPES, TrainConfig
 from ncf_core.errors import ConfigError
-from ncf_core.models import MODEL_TYPES, NCF, ModelConfig, neumf_from_pretrained
+from ncf_core.models import NCF, ModelConfig, neumf_from_pretrained
 
 
 @pytest.fixture(params=MODEL_TYPES)
@@ -77,6 +78,16 @@ def test_invalid_config(kwargs):
     base = {"model": "neumf", "num_users": 3, "num_items": 3}
     with pytest.raises(ConfigError):
         ModelConfig(**(base | kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [{"model": "svd"}, {"factor": 0}, {"num_layers": 9}, {"dropout": 1.0}])
+def test_the_network_is_checked_with_the_training_settings_words(kwargs):
+    """One check (config.check_network): the settings refuse it before any data, in the same words."""
+    with pytest.raises(ConfigError) as from_settings:
+        TrainConfig(**kwargs).validate()
+    with pytest.raises(ConfigError) as from_model:
+        ModelConfig(**({"model": "neumf", "num_users": 3, "num_items": 3} | kwargs))
+    assert str(from_model.value) == str(from_settings.value)
 
 
 def test_neumf_from_pretrained_mixes_gmf_and_mlp():

@@ -17,10 +17,11 @@ import torch
 
 from ncf_core import artifact
 from ncf_core import data as ncf_data
+from ncf_core.config import Settings, parse_hyperparameters
 from ncf_core.errors import ConfigError
 from ncf_core.jobs import train_to_artifact
 from ncf_core.training import TrainConfig, list_checkpoints
-from ncf_sagemaker.training import hyperparameters, job
+from ncf_sagemaker.training import job
 from tests.support import ROOT, free_port
 from tests.support.sagemaker_tree import SageMakerTree
 from tests.support.synthetic import SMALL_DATA, write_ncf_files, write_ratings_csv
@@ -55,7 +56,7 @@ def tree(tmp_path: Path) -> SageMakerTree:
 
 
 def test_workshop_hyperparameters_are_accepted_plain_or_json_encoded():
-    opts = hyperparameters.parse(WORKSHOP_HPS | {"model": '"gmf"'})
+    opts = parse_hyperparameters(WORKSHOP_HPS | {"model": '"gmf"'})
     c = opts.config
     got = (c.epochs, c.lr, c.batch_size, c.factor, c.num_layers, c.num_neg, c.top_k, c.model)
     assert got == (4, 0.01, 512, 8, 2, 4, 10, "gmf")
@@ -77,7 +78,7 @@ def test_workshop_hyperparameters_are_accepted_plain_or_json_encoded():
 )
 def test_invalid_hyperparameters_say_what_to_fix(hps, message):
     with pytest.raises(ConfigError) as err:
-        hyperparameters.parse(hps)
+        parse_hyperparameters(hps)
     assert message in str(err.value)
 
 
@@ -85,12 +86,12 @@ def test_invalid_hyperparameters_say_what_to_fix(hps, message):
     ("raw", "expected"), [("auto", None), ('"auto"', None), ("0.7", 0.7), ('"0.7"', 0.7)]
 )
 def test_pretrain_alpha_is_a_number_or_auto(raw, expected):
-    assert hyperparameters.parse({"pretrain_alpha": raw}).config.pretrain_alpha == expected
+    assert parse_hyperparameters({"pretrain_alpha": raw}).config.pretrain_alpha == expected
 
 
 def test_platform_keys_are_not_rejected():
-    opts = hyperparameters.parse({"sagemaker_region": '"us-east-1"', "sagemaker_mpi_enabled": "true"})
-    assert opts.platform == {"sagemaker_region": "us-east-1", "sagemaker_mpi_enabled": True}
+    opts = parse_hyperparameters({"sagemaker_region": '"us-east-1"', "sagemaker_mpi_enabled": "true"})
+    assert opts == Settings()  # accepted, and no setting of ours
 
 
 # ------------------------------------------------------------------------------------- whole program

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ncf_core import config as schema
 from ncf_core import data as ncf_data
 from ncf_core import runtime
 from ncf_core.errors import ConfigError, DataError, NcfError
@@ -29,7 +30,7 @@ from ncf_core.jsonio import write_json
 from ncf_core.training import Distributed, EpochReport
 
 from .. import contract, tracking
-from . import distributed, hyperparameters, pretrained, reports, script_mode
+from . import distributed, pretrained, reports, script_mode
 
 log = logging.getLogger("ncf_sagemaker.train")
 
@@ -40,6 +41,9 @@ FAILURE_LIMIT = 1024
 _hard_exit = False  # SageMaker keeps the first 1024 characters as FailureReason
 
 
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
 def read_json(path: Path, default: Any) -> Any:
     """One of SageMaker's config files, which must hold a JSON object; ``default`` if it is absent."""
     if not path.is_file():
@@ -48,7 +52,12 @@ def read_json(path: Path, default: Any) -> Any:
         value = json.loads(path.read_text())
     except ValueError as exc:
         raise ConfigError(f"{path.name} is not valid JSON: {exc}") from None
-    return hyperparameters.require_object(value, str(path))
+    if isinstance(value, dict):
+        return value
+    kind = _JSON_KINDS.get(
+        type(value), "a number" if isinstance(value, int | float) else type(value).__name__
+    )
+    raise ConfigError(f"{path} must be a JSON object, not {kind}")
 
 
 def write_failure(reason: str) -> None:
@@ -69,7 +78,7 @@ def _one(directory: Path, pattern: str) -> Path:
     return found[0]
 
 
-def load_job_data(options: hyperparameters.JobOptions) -> ncf_data.Interactions:
+def load_job_data(options: schema.Settings) -> ncf_data.Interactions:
     """The ``train`` channel (NCF files or raw ratings), plus the ``test`` channel's NCF files if given."""
     cfg, split = options.config, options.data
     train_dir = contract.channel_dir(contract.TRAIN_CHANNEL)
@@ -97,9 +106,7 @@ def load_job_data(options: hyperparameters.JobOptions) -> ncf_data.Interactions:
 
 
 class Job:
-    def __init__(
-        self, options: hyperparameters.JobOptions, placement: distributed.Placement, channels: list[str]
-    ):
+    def __init__(self, options: schema.Settings, placement: distributed.Placement, channels: list[str]):
         self.options = options
         self.placement = placement
         self.channels = channels
@@ -243,13 +250,13 @@ def _run() -> int:
             return EXIT_FAILED if code > 0 else EXIT_STOPPED
         return EXIT_OK
 
-    options = hyperparameters.parse(raw)
+    options = schema.parse_hyperparameters(raw)  # every check, before any data is read
     if contract.TRAIN_CHANNEL not in input_config:
         raise ConfigError(f"the 'train' channel is required; this job has channels {channels or 'none'}")
     pretrain_dir = pretrained.prepare(options.config.model)
     if pretrain_dir is not None:
         options.config.pretrain_dir = str(pretrain_dir)
-    mpi = hyperparameters.convert(contract.MPI_ENABLED_HP, raw.get(contract.MPI_ENABLED_HP, "false"), bool)
+    mpi = schema.convert(contract.MPI_ENABLED_HP, raw.get(contract.MPI_ENABLED_HP, "false"), bool)
     placement = distributed.resolve(resource_config, options.config.device, mpi_enabled=mpi)
     job = Job(options, placement, channels)
     log.info(

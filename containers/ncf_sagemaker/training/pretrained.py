@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ncf_core import artifact
+from ncf_core.config import check_pretraining
 from ncf_core.errors import ConfigError, DataError
 
 from .. import contract
@@ -21,7 +22,8 @@ log = logging.getLogger("ncf_sagemaker.training.pretrained")
 
 
 def prepare(model: str) -> Path | None:
-    """A directory holding ``gmf/`` and ``mlp/`` artifacts when both channels are given, else None."""
+    """A directory holding ``gmf/`` and ``mlp/`` artifacts (``pretrain_dir``'s layout: a part per channel,
+    named as it) when both channels are given, else None."""
     given = {name: contract.channel_dir(name) for name in contract.PRETRAIN_CHANNELS}
     given = {name: path for name, path in given.items() if path.is_dir()}
     if not given:
@@ -32,8 +34,7 @@ def prepare(model: str) -> Path | None:
             f"pre-training needs both the {' and '.join(contract.PRETRAIN_CHANNELS)} channels; "
             f"{', '.join(missing)} is missing"
         )
-    if model != "neumf":
-        raise ConfigError(f"the gmf and mlp channels initialise a NeuMF model, but model={model}")
+    check_pretraining(model)  # before anything is unpacked
     root = Path(tempfile.mkdtemp(prefix="ncf-pretrain-"))
     for name, channel in given.items():
         _place_artifact(channel, root / name)

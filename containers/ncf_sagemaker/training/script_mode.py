@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ncf_core.config import decode, is_platform_key
 from ncf_core.errors import ConfigError
 
 from .. import contract
@@ -29,8 +30,6 @@ log = logging.getLogger("ncf_sagemaker.training.script_mode")
 
 
 def requested(raw_hyperparameters: dict[str, Any]) -> str | None:
-    from .hyperparameters import decode
-
     program = os.environ.get(contract.PROGRAM_ENV) or decode(raw_hyperparameters.get(contract.PROGRAM_HP, ""))
     return str(program) if program else None
 
@@ -92,8 +91,6 @@ def _gpu_count() -> int:
 
 def run(program: str, raw_hps: dict[str, Any], resource_config: dict[str, Any], channels: list[str]) -> int:
     """Run the user's script to completion, forwarding SIGTERM; returns its exit code."""
-    from .hyperparameters import decode
-
     submit = os.environ.get(contract.SUBMIT_DIRECTORY_ENV) or decode(
         raw_hps.get(contract.SUBMIT_DIRECTORY_HP, str(contract.code_dir()))
     )
@@ -101,7 +98,7 @@ def run(program: str, raw_hps: dict[str, Any], resource_config: dict[str, Any], 
     script = code / program
     if not script.is_file():
         raise ConfigError(f"script mode: {program!r} not found in {submit}")
-    user_hps = {k: decode(v) for k, v in raw_hps.items() if not k.startswith(contract.DISTRIBUTION_HP_PREFIX)}
+    user_hps = {k: decode(v) for k, v in raw_hps.items() if not is_platform_key(k)}
     requirements = code / "requirements.txt"
     if requirements.is_file():
         log.info("installing %s", requirements)
