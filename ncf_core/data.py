@@ -60,6 +60,9 @@ class Interactions:
     user_ids: list = field(default_factory=list)  # index -> raw id
     item_ids: list = field(default_factory=list)
     source: str = ""
+    # How ``load`` split it (seed, num_eval_negatives, validation, min_rating): recorded in the artifact, so
+    # that a raw file can be split again exactly so (``jobs.evaluate_raw_split``).
+    split: dict = field(default_factory=dict)
 
     def known_positives(self) -> tuple[np.ndarray, np.ndarray]:
         """All known (user, item) interactions: train, validation and test."""
@@ -130,18 +133,26 @@ def load(
 ) -> Interactions:
     """Load an NCF prefix/dir or a raw ratings file/dir, with validation carved from train."""
     kind, paths = resolve(spec)
+    split = {
+        "seed": seed,
+        "num_eval_negatives": num_eval_negatives,
+        "validation": validation,
+        "min_rating": min_rating,
+    }
     if kind == "ncf":
         data = load_ncf(paths["train"], paths["test"], paths["negative"])
         if validation:
             add_validation(data, seed=seed, num_negatives=num_eval_negatives, chronological=False)
-        return data
-    return load_raw(
-        paths["ratings"],
-        seed=seed,
-        num_eval_negatives=num_eval_negatives,
-        validation=validation,
-        min_rating=min_rating,
-    )
+    else:
+        data = load_raw(
+            paths["ratings"],
+            seed=seed,
+            num_eval_negatives=num_eval_negatives,
+            validation=validation,
+            min_rating=min_rating,
+        )
+    data.split = split
+    return data
 
 
 # ------------------------------------------------------------------------------------------- NCF format

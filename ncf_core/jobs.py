@@ -71,6 +71,7 @@ def train_to_artifact(
     training = {
         "config": {k: v for k, v in vars(config).items()},
         "data_source": data.source,
+        "split": data.split,
         "history": result.history,
         **(extra_training_info or {}),
     }
@@ -149,6 +150,22 @@ def load_test_split(
         mapped(items, item_index, "item", rating_file),
         mapped(negatives[order], item_index, "item", negative_file),
     )
+
+
+def evaluate_raw_split(model_dir: str | Path, ratings: str | Path, k: int = DEFAULT_TOP_K) -> Metrics:
+    """HR@k / NDCG@k of a saved model on a raw ratings file, held out the way its training held it out.
+
+    The split (each user's latest interaction as test, its sampled negatives) is redone with the settings the
+    artifact recorded (seed, test_num_ng, min_rating, validation), so it is the test set training reported.
+    Raises ConfigError when the file gives other ids than the model's (another data set)."""
+    art = artifact.load(model_dir)
+    split = art.training.get("split") or {"seed": int(art.training.get("config", {}).get("seed", 0))}
+    data = ncf_data.load(ratings, **split)
+    if art.user_ids != data.user_ids or art.item_ids != data.item_ids:
+        raise ConfigError(f"{ratings} has other user/item ids than the model in {model_dir}")
+    if data.test is None:
+        raise DataError("no test users: nothing to evaluate", ratings)
+    return evaluate(art.model, data.test, k)
 
 
 def evaluate_test_files(

@@ -1,7 +1,9 @@
 """The ``evaluate`` program: the pipeline's Evaluate step, a SageMaker processing job on the training image.
 
 Reads the trained ``model.tar.gz`` (``/opt/ml/processing/model``) and NCF test files (``*.test.rating`` +
-``*.test.negative`` in ``/opt/ml/processing/test``), computes HR@K and NDCG@K with ``ncf_core`` and writes
+``*.test.negative`` in ``/opt/ml/processing/test``) or, without them, a raw ratings file there (``u.data``,
+``ratings.dat``...: the test split is then the one training made of it), computes HR@K and NDCG@K with
+``ncf_core`` and writes
 ``/opt/ml/processing/evaluation/evaluation.json`` in the shape SageMaker's model metrics take (the
 pipeline's quality gate reads it with ``JsonGet``; the model package links it as its model statistics),
 and prints the same JSON on stdout (and logs it to MLflow when ``MLFLOW_TRACKING_URI`` is set:
@@ -70,6 +72,19 @@ def _one(directory: Path, suffix: str) -> Path:
     return found[0]
 
 
+def raw_ratings(test_input: Path) -> Path | None:
+    """The raw ratings file of a test input without NCF test files (ratings.dat, u.data...), else None."""
+    from ncf_core import data as ncf_data
+
+    if not test_input.is_dir() or any(test_input.rglob("*" + ncf_data.NCF_SUFFIXES["test"])):
+        return None
+    try:
+        kind, paths = ncf_data.resolve(test_input)
+    except NcfError:
+        return None
+    return paths["ratings"] if kind == "raw" else None
+
+
 def model_directory(source: Path, scratch: Path) -> Path:
     """An unpacked artifact: ``source`` itself, or its ``model.tar.gz`` extracted under ``scratch``."""
     from ncf_core import artifact
@@ -85,14 +100,20 @@ def model_directory(source: Path, scratch: Path) -> Path:
 
 def evaluate(model_input: Path, test_input: Path, k: int = DEFAULT_TOP_K) -> dict[str, Any]:
     from ncf_core import data as ncf_data  # numpy and torch: only once the program runs
-    from ncf_core.jobs import evaluate_test_files
+    from ncf_core.jobs import evaluate_raw_split, evaluate_test_files
 
-    rating = _one(test_input, ncf_data.NCF_SUFFIXES["test"])
-    negative = _one(test_input, ncf_data.NCF_SUFFIXES["negative"])
+    raw = raw_ratings(test_input)
     with tempfile.TemporaryDirectory(prefix="ncf-evaluate-") as scratch:
-        metrics = evaluate_test_files(model_directory(model_input, Path(scratch)), rating, negative, k)
+        model_dir = model_directory(model_input, Path(scratch))
+        if raw is not None:  # raw ratings: the test split the model's training made of them
+            log.info("no NCF test files in the test input: evaluating on the split of %s", raw)
+            metrics = evaluate_raw_split(model_dir, raw, k)
+        else:
+            rating = _one(test_input, ncf_data.NCF_SUFFIXES["test"])
+            negative = _one(test_input, ncf_data.NCF_SUFFIXES["negative"])
+            metrics = evaluate_test_files(model_dir, rating, negative, k)
     if metrics.users == 0:
-        raise DataError("no test users: nothing to evaluate", rating)
+        raise DataError("no test users: nothing to evaluate", test_input)
     return report(metrics)
 
 
@@ -102,7 +123,12 @@ def parser() -> argparse.ArgumentParser:
         "--k", type=int, default=DEFAULT_TOP_K, help=f"K of HR@K / NDCG@K (default {DEFAULT_TOP_K})"
     )
     p.add_argument("--model", type=Path, default=None, help="model.tar.gz or its directory")
-    p.add_argument("--test", type=Path, default=None, help="directory with *.test.rating + *.test.negative")
+    p.add_argument(
+        "--test",
+        type=Path,
+        default=None,
+        help="directory with *.test.rating + *.test.negative, or a raw ratings file",
+    )
     p.add_argument("--output", type=Path, default=None, help="directory for evaluation.json")
     return p
 

@@ -33,6 +33,7 @@ import re
 import time
 
 from ncf_launch.aws_client import (
+    ROLE_ENV,
     SERVE_REPOSITORY,
     TRAIN_REPOSITORY,
     Aws,
@@ -158,6 +159,35 @@ def settings_for(args: argparse.Namespace, aws: Aws | None) -> Settings:
     return Settings(
         args.name, region, role, args.bucket, args.prefix, data_uri=data, tracking_uri=tracking, **images
     )
+
+
+def check_definition_inputs(args: argparse.Namespace) -> None:
+    """--definition calls no AWS API and needs no credentials; the JSON names a role, a bucket, a region."""
+    needed = [
+        what
+        for what, given in (
+            (f"--role-arn or ${ROLE_ENV} (the role SageMaker runs the steps as)", args.role_arn),
+            (f"--bucket or ${BUCKET_ENV} (where models and reports go)", args.bucket),
+            ("--region or $AWS_REGION", args.region or os.environ.get("AWS_REGION") or _profile_region()),
+        )
+        if not given
+    ]
+    if needed:
+        raise UsageError(
+            "--definition needs no AWS credentials, but the definition names: "
+            + "; ".join(needed)
+            + ". scripts/infra.sh prints SAGEMAKER_ROLE_ARN and BUCKET for the stack of "
+            "mlops/infra/template.yaml (README, Prerequisites)"
+        )
+
+
+def _profile_region() -> str | None:
+    try:
+        import boto3
+
+        return boto3.Session().region_name
+    except Exception:  # a broken profile: the region is then simply not known
+        return None
 
 
 def definition(settings: Settings) -> str:
@@ -324,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         check_args(args)
         if args.definition:
+            check_definition_inputs(args)
             result(json.dumps(json.loads(definition(settings_for(args, None))), indent=2))
         elif args.local:
             run_local(args)

@@ -1,13 +1,19 @@
 """scripts/build_and_push.sh: build our images, tag them with the git revision and `latest`, push them to ECR.
 
-    scripts/build_and_push.sh                      GPU images (the Dockerfiles' default CUDA base), pushed
-    scripts/build_and_push.sh --cpu                CPU images (BASE_IMAGE=debian:bookworm-slim)
-    scripts/build_and_push.sh --cpu --no-push      local images only: ncf-train:local, ncf-serve:local
+    scripts/build_and_push.sh                      CPU images (BASE_IMAGE=debian:bookworm-slim), pushed
+    scripts/build_and_push.sh --gpu                GPU images (the Dockerfiles' default CUDA base)
+    scripts/build_and_push.sh --no-push            local images only: ncf-train:local, ncf-serve:local
+    scripts/build_and_push.sh --platform linux/amd64   on an ARM machine (SageMaker instances are x86-64)
     scripts/build_and_push.sh --only serve         one of the two images
+
+CPU by default, as the launchers' default instance types (ml.m5.xlarge to train, ml.m5.large to serve) are
+CPU ones; --gpu images go with a GPU instance type (train.sh --instance-type ml.g5.xlarge): a CUDA image
+runs on CPU too, only larger.
 
 Build context: the repository root. Local tags: NAME:local and NAME:REVISION. Pushed: REGISTRY/NAME:REVISION
 and REGISTRY/NAME:latest, where REGISTRY is this account's ECR registry in the region. The ECR repositories
-are created when missing, and Docker logs in with an ECR authorization token (what
+are the stack's (mlops/infra/template.yaml, scripts/infra.sh): a missing one is an error, unless
+--create-repositories (for an account without the stack). Docker logs in with an ECR authorization token (what
 `aws ecr get-login-password` prints), passed on stdin. --registry HOST[:PORT] pushes to another registry
 instead (the tests use a local one). Without --tag, the revision is the commit id, plus -dirty when tracked
 files differ from it.
@@ -57,22 +63,32 @@ def parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
     )
     base = p.add_mutually_exclusive_group()
+    base.add_argument("--gpu", action="store_true", help="CUDA base image, the Dockerfiles' own default")
     base.add_argument(
-        "--gpu", action="store_true", help="CUDA base image, the Dockerfiles' default (default)"
+        "--cpu", action="store_true", help=f"CPU base image: --base-image {CPU_BASE_IMAGE} (default)"
     )
-    base.add_argument("--cpu", action="store_true", help=f"CPU base image: --base-image {CPU_BASE_IMAGE}")
     base.add_argument(
         "--base-image", metavar="IMAGE", help="any base image (must exist locally or be pullable)"
     )
     p.add_argument("--only", choices=sorted(IMAGES), help="build (and push) one image only")
     p.add_argument("--tag", help="version tag instead of the git revision (e.g. v1.2.0)")
     p.add_argument("--no-push", action="store_true", help="build and tag locally; no AWS calls")
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH",
+        help="docker build --platform (linux/amd64 on an ARM machine: SageMaker runs x86-64 instances)",
+    )
+    p.add_argument(
+        "--create-repositories",
+        action="store_true",
+        help="create missing ECR repositories (default: they are the stack's, scripts/infra.sh)",
+    )
     p.add_argument("--region", help="AWS region (default: AWS_REGION / your profile)")
     p.add_argument(
         "--registry",
         metavar="HOST[:PORT]",
         default=os.environ.get("NCF_REGISTRY"),
-        help="push here instead of the ECR registry (env NCF_REGISTRY); ECR repositories are still created",
+        help="push here instead of the ECR registry (env NCF_REGISTRY); ECR repositories are still checked",
     )
     p.add_argument(
         "--image",
@@ -142,8 +158,8 @@ def check_docker() -> None:
         raise UsageError(f"no Docker engine answers ({reason}): start Docker and re-run")
 
 
-def ensure_repository(ecr, name: str) -> str:
-    """The repository's URI, creating the repository when it is missing."""
+def ensure_repository(ecr, name: str, create: bool = False) -> str:
+    """The repository's URI; a missing one is created with ``create``, else refused."""
     from botocore.exceptions import ClientError
 
     try:
@@ -152,6 +168,11 @@ def ensure_repository(ecr, name: str) -> str:
     except ClientError as exc:
         if error_code(exc) != "RepositoryNotFoundException":
             raise
+        if not create:
+            raise UsageError(
+                f"no ECR repository {name!r}: the stack of mlops/infra/template.yaml creates it (run "
+                '`eval "$(scripts/infra.sh)"`), or pass --create-repositories'
+            ) from None
         say(f"creating ECR repository {name}")
         repo = ecr.create_repository(
             repositoryName=name, imageScanningConfiguration={"scanOnPush": True}, imageTagMutability="MUTABLE"
@@ -180,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"build context {args.context} is not a directory")
         check_docker()
         aws = None if args.no_push else connect(args.region)  # credentials checked before a long build
+        if aws is not None:  # and the repositories
+            for name, _ in images:
+                ensure_repository(aws.client("ecr"), name, args.create_repositories)
         env = docker_env()
-        base_image = CPU_BASE_IMAGE if args.cpu else args.base_image
-        say(f"base image: {base_image or 'the default of the Dockerfile (GPU)'}; tag {tag}")
+        base_image = None if args.gpu else args.base_image or CPU_BASE_IMAGE
+        say(f"base image: {base_image or 'the default of the Dockerfile (CUDA, GPU)'}; tag {tag}")
 
         for name, dockerfile in images:
             cmd = [
@@ -197,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if base_image:
                 cmd += ["--build-arg", f"BASE_IMAGE={base_image}"]
+            if args.platform:
+                cmd += ["--platform", args.platform]
             run([*cmd, args.context.resolve()], env=env)
             say(f"built {name}:{LOCAL_TAG} and {name}:{tag}")
         if aws is None:

@@ -5,6 +5,7 @@
     scripts/train.sh ... --spot --max-wait 7200            managed spot; checkpoints in S3, resumed
     scripts/train.sh ... --instance-count 2                distributed data-parallel over two instances
     scripts/train.sh --local --train data/ml-1m --hp epochs=1   the same job in Docker on this machine
+    scripts/train.sh ... --env MLFLOW_TRACKING_URI=https://mlflow.example.com   the job's environment
 
 Hyperparameters are sent as strings, exactly as given (--hp epochs=20 -> "20"); what the image would refuse
 (an unknown name, a bad value, --gmf and --mlp with a model other than neumf: ncf_core.config, which the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -89,6 +91,13 @@ def parser() -> argparse.ArgumentParser:
         "--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter (repeatable)"
     )
     p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable of the job (repeatable), e.g. MLFLOW_TRACKING_URI=...",
+    )
+    p.add_argument(
         "--image", help="training image URI (default: ncf-train:latest in ECR; ncf-train:local with --local)"
     )
     role_arn_option(p)
@@ -120,6 +129,19 @@ def parser() -> argparse.ArgumentParser:
         "--local-dir", type=Path, help="--local: the /opt/ml tree (default: $TMPDIR/ncf-local/JOB)"
     )
     return p
+
+
+def job_environment(args: argparse.Namespace) -> dict[str, str]:
+    """--env NAME=VALUE pairs, checked: SageMaker's Environment of the job (docker run --env with --local)."""
+    env = key_values(args.env, "--env")
+    for name, value in env.items():
+        if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]{0,511}", name):
+            raise UsageError(f"--env {name!r} is not an environment variable name")
+        if len(value) > 512:
+            raise UsageError(f"--env {name}: SageMaker takes values of at most 512 characters")
+    if len(env) > 100:
+        raise UsageError("--env: SageMaker takes at most 100 environment variables")
+    return env
 
 
 def check_hyperparameters(hp: dict[str, str], pretrained: bool = False) -> None:
@@ -190,6 +212,8 @@ def training_request(args: argparse.Namespace, job: str, image: str, hp: dict[st
         "HyperParameters": hp,
         "EnableManagedSpotTraining": args.spot,
     }
+    if job_environment(args):
+        request["Environment"] = job_environment(args)
     checkpoint = args.checkpoint_s3 or (f"{output}/{job}/checkpoints" if args.spot else None)
     if checkpoint:
         request["CheckpointConfig"] = {"S3Uri": checkpoint}
@@ -377,6 +401,8 @@ def run_local(args: argparse.Namespace, job: str, hp: dict[str, str]) -> None:
 
     cmd = ["docker", "run", "--rm", "--name", f"{job}-{host}", "--hostname", host, "--shm-size", "1g"]
     cmd += ["--env", f"TRAINING_JOB_NAME={job}"]
+    for name, value in job_environment(args).items():
+        cmd += ["--env", f"{name}={value}"]
     if instance_type == "local_gpu":
         cmd += ["--gpus", "all"]
     for mount in mounts:
@@ -404,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         hp = key_values(args.hp, "--hp")
+        job_environment(args)
         check_hyperparameters(hp, pretrained=bool(args.gmf and args.mlp))
         check_numbers(args)
         job = check_name(args.job_name or f"ncf-train-{stamp()}", "--job-name")

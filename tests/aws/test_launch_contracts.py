@@ -83,7 +83,7 @@ def _is_shell(path: Path) -> bool:
 def test_each_script_shows_help_without_aws():
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {"PYTHON": sys.executable}
     scripts = ["build_and_push", "upload_data", "train", "deploy", "invoke", "cleanup"]
-    scripts += ["pipeline", "registry"]
+    scripts += ["pipeline", "registry", "infra"]
     for script in scripts:
         lines = ok(run_script(script, "--help", env=env))
         assert lines[0].startswith(f"usage: {script}.sh"), lines[:2]

@@ -145,7 +145,9 @@ def test_build_and_push_to_a_registry(aws, local_registry, tmp_path):
         PYTHON_IMAGE,
     ]
     try:
-        proc = aws.run("build_and_push", *args, "--tag", "t1", env=env)
+        # the repositories are the stack's (mlops/infra/template.yaml): missing, refused before any build
+        refused(aws.run("build_and_push", *args, "--tag", "t1", env=env), "scripts/infra.sh")
+        proc = aws.run("build_and_push", *args, "--tag", "t1", "--create-repositories", env=env)
         assert ok(proc) == [f"{local_registry}/{name}:t1"]
         # ECR side: the repository was created in the account and region
         repos = aws.ecr.describe_repositories()["repositories"]

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, readme
 
 
 def answer_after(lines: list[str], heading: str):
@@ -23,8 +23,10 @@ def test_quickstart_offline_trains_serves_and_answers(tmp_path: Path):
         "NCF_WORK_DIR": str(tmp_path / "work"),
         "EPOCHS": "3",
     }
+    (command,) = [b for b in readme.UNMARKED if "quickstart" in b]  # the README's Quick start block
+    assert f"```bash\n{command}```" in readme.README.read_text()
     proc = subprocess.run(
-        ["bash", "scripts/quickstart.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SYNTHETIC data set" in proc.stdout  # never passed off as MovieLens

@@ -51,7 +51,8 @@ class Compose:
         self.models_dir = tmp / "models"
         self.env = {
             **os.environ,
-            "NCF_DATA_DIR": str(shared_data_dir().resolve()),
+            "NCF_TRAIN_DATA": str((shared_data_dir() / "ml-100k").resolve()),
+            "BASE_IMAGE": dh.PYTHON_IMAGE,
             "NCF_MODEL_DIR": str(self.model_dir),
             "NCF_MODELS_DIR": str(self.models_dir),
             "NCF_SERVE_PORT": str(self.serve_port),

@@ -4,6 +4,7 @@ shape and figures, and the refusals (no test users, ids the model does not know)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from ncf_core import data as ncf_data
 from ncf_core.jobs import evaluate_artifact, train_to_artifact
 from ncf_core.training import TrainConfig
 from ncf_sagemaker import contract, evaluation_job
-from tests.support.synthetic import SMALL_DATA, write_ncf_files
+from tests.support.synthetic import SMALL_DATA, write_ncf_files, write_ratings_csv
 
 CFG = TrainConfig(factor=8, num_layers=2, epochs=2, batch_size=512, **SMALL_DATA)
 
@@ -47,11 +48,16 @@ def processing_tree(base: Path, archive: Path, test_files: list[Path]) -> dict[s
     return {contract.BASE_DIR_ENV: str(base)}
 
 
+def _pythonpath() -> dict[str, str]:
+    """A checkout run without installing it (PYTHONPATH) keeps its PYTHONPATH."""
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+
+
 def run_evaluate(env: dict[str, str]) -> subprocess.CompletedProcess:
     """The console script, as the processing job runs it (ContainerEntrypoint ["evaluate"])."""
     return subprocess.run(
         [str(Path(sys.executable).with_name("evaluate")), "--k", "10"],
-        env={"PATH": "/usr/bin:/bin", **env},
+        env={"PATH": "/usr/bin:/bin", **_pythonpath(), **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -114,3 +120,23 @@ def test_report_names_are_what_the_pipeline_reads():
         }
     }
     assert evaluation_job.json_path(evaluation_job.metric_name("hr", 10)) == "metrics.hr_at_10.value"
+
+
+def test_raw_ratings_are_evaluated_on_the_split_training_made(tmp_path):
+    """A raw ratings file as the test input (the pipeline fed MovieLens' own files): the test split is the one
+    training held out, so the report's figures are those training reported for the kept epoch."""
+    ratings = write_ratings_csv(tmp_path / "data" / "ratings.csv")
+    cfg = TrainConfig(factor=8, num_layers=2, epochs=2, batch_size=512, **SMALL_DATA)
+    model_dir = tmp_path / "model"
+    result = train_to_artifact(ncf_data.load(ratings, seed=cfg.seed, num_eval_negatives=20), cfg, model_dir)
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for item in sorted(model_dir.iterdir()):
+            tar.add(item, arcname=item.name)
+    env = processing_tree(tmp_path / "ml", archive, [ratings])
+    proc = run_evaluate(env)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout.splitlines()[-1])["metrics"]
+    summary = result.summary()
+    assert metrics["hr_at_10"]["value"] == pytest.approx(summary["hr"])
+    assert metrics["ndcg_at_10"]["value"] == pytest.approx(summary["ndcg"])

@@ -1,6 +1,6 @@
 """The one schema of training settings (ncf_core.config) and everything generated from it or checked with it:
 the hyperparameter parser (the image's, the launch script's and the pipeline's), the ``ncf_core train`` CLI
-and the README's table."""
+and the table of docs/hyperparameters.md."""
 
 from __future__ import annotations
 
@@ -120,8 +120,8 @@ def test_cli_exposes_every_setting():
 
 
 def test_readme_table_is_the_rendered_one():
-    """Regenerate with: python -m ncf_core hyperparameters (and paste it over the README's table)."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    """Regenerate with: python -m ncf_core hyperparameters (paste it over docs/hyperparameters.md's table)."""
+    lines = (ROOT / "docs" / "hyperparameters.md").read_text().splitlines()
     header = config.hyperparameter_table().splitlines()[0]
     assert lines.count(header) == 1
     table = takewhile(lambda line: line.startswith("|"), lines[lines.index(header) :])
