@@ -156,14 +156,17 @@ def test_compiling_the_pipeline_opens_no_connection(monkeypatch):
 
 @pytest.mark.parametrize(
     ("unset", "message"),
-    [("SAGEMAKER_ROLE_ARN", "no IAM role for SageMaker"), ("BUCKET", "no S3 bucket: pass --bucket")],
+    [
+        ("SAGEMAKER_ROLE_ARN", "--role-arn or $SAGEMAKER_ROLE_ARN (the role SageMaker runs the steps as)"),
+        ("BUCKET", "--bucket or $BUCKET (where models and reports go)"),
+    ],
 )
 def test_definition_refuses_a_missing_role_or_bucket(unset, message):
     from tests.support.moto import run_script
 
     env = offline_env()
     del env[unset]
-    refused(run_script("pipeline", "--definition", env=env), message)
+    refused(run_script("pipeline", "--definition", env=env), "--definition needs no AWS credentials", message)
 
 
 def test_upsert_creates_then_updates_the_pipeline(aws):
