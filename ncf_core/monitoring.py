@@ -170,8 +170,15 @@ class IdSet:
 
     def unknown(self, raws: Sequence) -> int:
         """How many of ``raws`` the model does not know."""
-        known = self._set
-        return sum(1 for x in raws if x not in known and self.canonical(x) is None)
+        known, missing = self._set, 0
+        for x in raws:
+            try:
+                if x in known:
+                    continue
+            except TypeError:  # unhashable: never an id
+                pass
+            missing += self.canonical(x) is None
+        return missing
 
 
 @dataclass
