@@ -280,7 +280,12 @@ def put_metric_data(data: Sequence[dict], namespace: str) -> None:
         import boto3
     except ImportError:
         raise MonitorError("--put-metric-data needs boto3 (pip install '.[monitor]')") from None
-    client = boto3.client("cloudwatch")
+    # AWS_REGION first, as the AWS CLI reads it (a SageMaker job sets it; boto3 alone reads only
+    # AWS_DEFAULT_REGION and the profile).
+    session = boto3.Session(region_name=os.environ.get("AWS_REGION") or None)
+    if not session.region_name:
+        raise MonitorError("--put-metric-data needs an AWS region: set AWS_REGION")
+    client = session.client("cloudwatch")
     for i in range(0, len(data), PUT_CHUNK):
         chunk = [{**d, "Timestamp": capture.parse_time(d["Timestamp"])} for d in data[i : i + PUT_CHUNK]]
         client.put_metric_data(Namespace=namespace, MetricData=chunk)
