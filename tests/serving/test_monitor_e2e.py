@@ -236,3 +236,26 @@ def test_gate_fails_on_violations_only_when_asked(endpoint: Path):
     assert run_monitor(env, "--fail-on-violations").returncode == 3
     env = model_monitor_env(endpoint, endpoint / "baseline", NORMAL_HOUR, "gate-normal")
     assert run_monitor(env, "--fail-on-violations").returncode == 0
+
+
+def test_baseline_holds_what_the_analysis_needs(endpoint: Path, model_dir: Path):
+    statistics = json.loads((endpoint / "baseline" / contract.MONITOR_STATISTICS).read_text())
+    constraints = json.loads((endpoint / "baseline" / contract.MONITOR_CONSTRAINTS).read_text())
+    users, items = known_ids(model_dir)
+    section = statistics["recommender"]
+    assert section["kind"] == "baseline"
+    assert sorted(section["known_ids"]["users"]) == sorted(users)
+    assert section["known_ids"]["head_items"] == sorted(items[:2])  # 1 % of 120 items, rounded up
+    assert section["settings"]["candidates"] == CANDIDATES
+    for kind in ("recommend", "scores"):
+        assert len(section["scores"][kind]["bins"]["counts"]) == 10
+    assert set(section["catalogue"]["top_items"]["curve"]) == {"16", "32", "64", "128"}
+    assert constraints["monitoring_config"]["recommender"]["max_score_psi"] == 0.2
+    assert (endpoint / "baseline" / "report.md").read_text().startswith("# Recommender baseline")
+
+
+def test_baseline_refuses_a_missing_model(tmp_path: Path):
+    proc = run_monitor({contract.BASE_DIR_ENV: str(tmp_path)}, "baseline", "--output", str(tmp_path / "out"))
+    assert proc.returncode == 1
+    assert "no model.tar.gz and no artifact in the model input" in proc.stderr
+    assert not (tmp_path / "out").exists()
