@@ -340,7 +340,7 @@ def report_text(
     for kind in SCORE_KINDS:
         s = section["scores"][kind]
         if not s.get("count"):
-            lines.append(f"- {kind}: no scores")
+            lines.append(f"- {monitoring.SCORE_FEATURES[kind]}: none")
             continue
         ref = (base or {}).get("scores", {}).get(kind, {})
         against = f", baseline mean {ref['mean']:.3f}" if ref.get("count") else ""
