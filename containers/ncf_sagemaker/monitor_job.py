@@ -346,7 +346,7 @@ def report_text(
         against = f", baseline mean {ref['mean']:.3f}" if ref.get("count") else ""
         drift = f", PSI {s['psi']:.3f} (max {limits.max_score_psi})" if s.get("psi") is not None else ""
         lines.append(
-            f"- {kind}: {s['count']:,} scores, mean {s['mean']:.3f}, p10/p50/p90 "
+            f"- {monitoring.SCORE_FEATURES[kind]}: {s['count']:,} scores, mean {s['mean']:.3f}, p10/p50/p90 "
             f"{s['quantiles']['p10']:.3f}/{s['quantiles']['p50']:.3f}/{s['quantiles']['p90']:.3f}"
             f"{against}{drift}"
         )
