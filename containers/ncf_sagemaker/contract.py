@@ -144,3 +144,36 @@ def processing_job_config_file() -> Path:
 def exit_message_file() -> Path:
     """/opt/ml/output/message: a processing job's ExitMessage (its FailureReason, in effect)."""
     return output_dir() / "message"
+
+
+# ------------------------------------------------------------------ Model Monitor (the `monitor` program)
+# A monitoring schedule runs a processing job with these environment variables (Model Monitor's "bring your
+# own container" contract); `monitor` reads the same names, so a schedule runs it unchanged, and takes
+# command-line options for our own runs.
+MONITOR_DATASET_FORMAT_ENV = "dataset_format"  # {"sagemakerCaptureJson": {"captureIndexNames": [...]}}
+MONITOR_DATASET_SOURCE_ENV = "dataset_source"  # capture files: {endpoint}/{variant}/yyyy/mm/dd/hh/*.jsonl
+MONITOR_OUTPUT_PATH_ENV = "output_path"
+MONITOR_START_TIME_ENV = "start_time"
+MONITOR_END_TIME_ENV = "end_time"
+MONITOR_BASELINE_STATISTICS_ENV = "baseline_statistics"  # local paths, when the schedule has a BaselineConfig
+MONITOR_BASELINE_CONSTRAINTS_ENV = "baseline_constraints"
+MONITOR_PUBLISH_METRICS_ENV = "publish_cloudwatch_metrics"  # "Enabled" / "Disabled"
+MONITOR_ENDPOINT_ENV = "sagemaker_endpoint_name"
+MONITOR_SCHEDULE_ENV = "sagemaker_monitoring_schedule_name"
+MONITOR_ENABLED = "Enabled"
+CAPTURE_DATASET_FORMAT = "sagemakerCaptureJson"
+CAPTURE_INDEX_NAMES = ("endpointInput", "endpointOutput")
+PROCESSING_ENDPOINT_DATA = "endpointdata"  # Model Monitor's example dataset_source
+PROCESSING_MONITOR_RESULTS = "resultdata"  # Model Monitor's example output_path
+MONITOR_STATISTICS = "statistics.json"
+MONITOR_CONSTRAINTS = "constraints.json"
+MONITOR_VIOLATIONS = "constraint_violations.json"
+# Model Monitor publishes what a job leaves here when publish_cloudwatch_metrics is Enabled, in this
+# namespace (real-time endpoints), one PutMetricData datum per line.
+CLOUDWATCH_METRICS_FILE = "cloudwatch_metrics.jsonl"
+MONITOR_NAMESPACE = "/aws/sagemaker/Endpoint/data-metrics"
+
+
+def cloudwatch_metrics_dir() -> Path:
+    """/opt/ml/output/metrics/cloudwatch (relocated by SAGEMAKER_BASE_DIR)."""
+    return output_dir() / "metrics" / "cloudwatch"
