@@ -88,12 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     nf.add_argument("--data", required=True, help="raw ratings file or directory (u.data, ratings.dat...)")
     nf.add_argument("--to", required=True, type=Path, help="the files' prefix, e.g. data/ml-100k/ml-100k")
     nf.add_argument("--seed", type=int, default=0, help="seed of the sampled test negatives")
-    ex = sub.add_parser(
-        "export", help="write an artifact as a Triton model repository (docs/triton.md)"
-    )
+    ex = sub.add_parser("export", help="write an artifact as a Triton model repository (docs/triton.md)")
     ex.add_argument("--model-dir", required=True, help="the artifact to export")
     ex.add_argument("--to", required=True, type=Path, help="the Triton model repository to write into")
-    ex.add_argument("--name", default="ncf", help="the entry model's name; the others are NAME_* (default ncf)")
+    ex.add_argument(
+        "--name", default="ncf", help="the entry model's name; the others are NAME_* (default ncf)"
+    )
     ex.add_argument("--top-k", type=int, default=config.DEFAULT_TOP_K, help="K of the top-K model")
     ex.add_argument("--packages", type=Path, help="also write NAME.tar.gz and NAME_scores.tar.gz here")
     sub.add_parser("hyperparameters", help="print the training image's hyperparameters as a markdown table")

@@ -37,6 +37,7 @@ import io
 import logging
 import shutil
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class ExportError(NcfError):
 class _Network(nn.Module):
     """The network's precomputed sides and upper layers; ``head`` is ``NCF.head``'s maths op for op."""
 
-    __constants__ = ["use_gmf", "use_mlp"]  # TorchScript compiles only the branches the variant uses
+    __constants__ = ("use_gmf", "use_mlp")  # TorchScript compiles only the branches the variant uses
 
     def __init__(self, model: NCF, popularity: np.ndarray):
         super().__init__()
@@ -101,12 +102,12 @@ class _Network(nn.Module):
         score = pop / pop.max() if pop.max() > 0 else pop
         # Recommender's fallback: normalised popularity, and the items in stable order of it.
         self.register_buffer("popularity", torch.from_numpy(score.astype(np.float32)))
-        self.register_buffer("popular", torch.from_numpy(np.argsort(-popularity, kind="stable").astype(np.int64)))
+        self.register_buffer(
+            "popular", torch.from_numpy(np.argsort(-popularity, kind="stable").astype(np.int64))
+        )
         self.requires_grad_(False)
 
-    def head(
-        self, ug: torch.Tensor, ig: torch.Tensor, up: torch.Tensor, ip: torch.Tensor
-    ) -> torch.Tensor:
+    def head(self, ug: torch.Tensor, ig: torch.Tensor, up: torch.Tensor, ip: torch.Tensor) -> torch.Tensor:
         """Logits from gathered (or broadcast) side rows, as ``NCF.head`` computes them."""
         if self.use_mlp:
             h = torch.relu(up + ip)
@@ -146,7 +147,7 @@ class TopK(_Network):
     only the first COUNT are answers; the rest are padding, item 0 with score 0). User -1 (unknown) gets
     the K most popular items with their normalised popularity, as ``Recommender.recommend_many``."""
 
-    __constants__ = ["use_gmf", "use_mlp", "k", "chunk"]
+    __constants__ = ("use_gmf", "use_mlp", "k", "chunk")
 
     def __init__(self, model: NCF, popularity: np.ndarray, indptr: np.ndarray, indices: np.ndarray, k: int):
         super().__init__(model, popularity)
@@ -185,7 +186,9 @@ class TopK(_Network):
             order = order[:, : self.k]
             finite = torch.isfinite(best)
             items[start : start + self.chunk] = torch.where(finite, order, torch.zeros_like(order))
-            scores[start : start + self.chunk] = torch.where(finite, torch.sigmoid(best), torch.zeros_like(best))
+            scores[start : start + self.chunk] = torch.where(
+                finite, torch.sigmoid(best), torch.zeros_like(best)
+            )
             counts[start : start + self.chunk] = finite.sum(1)
         popular = self.popular[: self.k]
         unknown = ~known
@@ -200,9 +203,7 @@ def script_pairs(art: artifact_io.Artifact) -> torch.jit.ScriptModule:
 
 
 def script_topk(art: artifact_io.Artifact, k: int) -> torch.jit.ScriptModule:
-    return torch.jit.script(
-        TopK(art.model, art.item_popularity, art.history_indptr, art.history_indices, k)
-    )
+    return torch.jit.script(TopK(art.model, art.item_popularity, art.history_indptr, art.history_indices, k))
 
 
 # --------------------------------------------------------------------------------------------- configs
@@ -215,7 +216,8 @@ class Tensor:
 
 def _tensors(kind: str, tensors: list[Tensor]) -> str:
     items = [
-        f'  {{\n    name: "{t.name}"\n    data_type: {t.dtype}\n    dims: [ {", ".join(map(str, t.dims))} ]\n  }}'
+        f'  {{\n    name: "{t.name}"\n    data_type: {t.dtype}\n    dims: [ {", ".join(map(str, t.dims))} ]'
+        + "\n  }"
         for t in tensors
     ]
     return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
@@ -264,7 +266,9 @@ def _id_type(ids: list) -> str:
 
 def _save_ids(path: Path, ids: list) -> None:
     """Raw ids by index as a plain .npy (int64, or unicode for string ids): numpy loads it without pickle."""
-    array = np.asarray(ids, dtype=np.int64) if all(type(x) is int for x in ids) else np.asarray(ids, dtype=str)
+    array = (
+        np.asarray(ids, dtype=np.int64) if all(type(x) is int for x in ids) else np.asarray(ids, dtype=str)
+    )
     np.save(path, array, allow_pickle=False)
 
 
@@ -294,11 +298,14 @@ def export(
     user_t, item_t = _id_type(art.user_ids), _id_type(art.item_ids)
     for model in (name, users, topk, items, scores, pair_ids, pairs):
         shutil.rmtree(repo / model, ignore_errors=True)
-        (repo / model / "1").mkdir(parents=True)
-    # Ensembles need a version directory too (empty).
+        (repo / model / "1").mkdir(parents=True)  # an ensemble's version directory stays empty
 
-    torch.jit.save(script_topk(art, k), str(repo / topk / "1" / "model.pt"))
-    torch.jit.save(script_pairs(art), str(repo / pairs / "1" / "model.pt"))
+    with warnings.catch_warnings():
+        # torch 2.13 marks TorchScript deprecated; it is still what the pytorch_libtorch backend runs
+        # (docs/triton.md).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(script_topk(art, k), str(repo / topk / "1" / "model.pt"))
+        torch.jit.save(script_pairs(art), str(repo / pairs / "1" / "model.pt"))
     for model, role in ((users, "users"), (items, "items"), (pair_ids, "pairs")):
         shutil.copyfile(PYTHON_MODEL, repo / model / "1" / "model.py")
         if role in ("users", "pairs"):

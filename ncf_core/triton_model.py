@@ -38,7 +38,9 @@ class IdTable:
         if self.numeric:
             keys = flat.astype(np.int64)
         else:
-            keys = np.asarray([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat], dtype=str)
+            keys = np.asarray(
+                [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat], dtype=str
+            )
         out = np.full(flat.shape[0], -1, dtype=np.int64)
         if len(self.sorted) == 0 or flat.shape[0] == 0:
             return out.reshape(values.shape)
@@ -90,9 +92,7 @@ class TritonPythonModel:
         tensor = pb_utils.Tensor
         if self.role == "users":
             index = self.users.indices(_input(request, "USER"))
-            return pb_utils.InferenceResponse(
-                [tensor("USER_INDEX", index), tensor("FALLBACK", index < 0)]
-            )
+            return pb_utils.InferenceResponse([tensor("USER_INDEX", index), tensor("FALLBACK", index < 0)])
         if self.role == "items":
             items = self.items.raw_ids(_input(request, "ITEM_INDEX"), _input(request, "COUNT"))
             return pb_utils.InferenceResponse([tensor("ITEMS", items)])

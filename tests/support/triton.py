@@ -116,7 +116,9 @@ def random_artifact(
     torch.manual_seed(7)
     rng = np.random.default_rng(7)
     net = NCF(ModelConfig(model, users, items, factor=8, num_layers=2))
-    seen = [np.arange(2, items)] + [np.sort(rng.choice(items, rng.integers(0, 8), replace=False)) for _ in range(1, users)]
+    seen = [np.arange(2, items)] + [
+        np.sort(rng.choice(items, rng.integers(0, 8), replace=False)) for _ in range(1, users)
+    ]
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
     user_ids = [f"u{i}" for i in range(users)] if string_ids else [1000 + 3 * i for i in range(users)]
     item_ids = [f"i{i}" for i in range(items)] if string_ids else [7 * i + 5 for i in range(items)]
@@ -130,7 +132,7 @@ def random_artifact(
     )
 
 
-_TORCH_MODEL = '''"""Test-only stand-in for the pytorch_libtorch backend: runs the exported model.pt with torch.jit.load."""
+_TORCH_MODEL = '''"""Test-only stand-in for pytorch_libtorch: runs the exported model.pt (torch.jit)."""
 import json
 import sys
 from pathlib import Path
