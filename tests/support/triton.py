@@ -5,7 +5,8 @@ backend and no libtorch backend. The wheel pins numpy<2 (the project pins numpy 
 installed: ``setup()`` downloads it once with pip and unzips the whole wheel into ``$NCF_TRITON_DIR``
 (default ``~/.cache/ncf-triton``), then puts the Python 3.11 backend stub where the server looks for it.
 The stub is linked against Debian's ``libpython3.11`` and imports Debian's numpy (apt packages
-``libpython3.11 python3-numpy``; ``.ci/run`` installs them and runs ``python -m tests.support.triton``).
+``libpython3.11 python3-numpy``; ``.ci/run`` installs them and runs ``python3 tests/support/triton.py``,
+which needs only the standard library and pip, before the test dependencies are installed).
 
 Without a usable server, ``require_tritonserver()`` skips the test, except in CI (``CI=true``), where it
 fails.
@@ -33,10 +34,6 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-from tests.support.net import free_port
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 STUB_PYTHON = "3.11"
@@ -88,6 +85,8 @@ def setup(root: Path | None = None) -> Path:
 
 def require_tritonserver() -> Path:
     """The server directory, set up if need be; skips (fails in CI) when that is impossible here."""
+    import pytest
+
     reason = None
     if not SYSTEM_NUMPY.is_dir():
         reason = "Debian's numpy is missing (apt-get install libpython3.11 python3-numpy)"
@@ -214,6 +213,8 @@ class Triton:
         return self.request("POST", f"/v2/models/{model}/infer", {"inputs": inputs})
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        import pytest
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -238,6 +239,8 @@ class Triton:
 def running_triton(server: Path, repo: Path, log_dir: Path, load: list[str]) -> Iterator[Triton]:
     """``tritonserver`` over ``repo`` in explicit model-control mode (as SageMaker runs it), loading
     ``load`` at start; stopped by PID."""
+    from tests.support.net import free_port
+
     http = free_port()
     args = [
         str(server / "bin" / "tritonserver"),
@@ -268,5 +271,5 @@ def running_triton(server: Path, repo: Path, log_dir: Path, load: list[str]) -> 
         triton.stop()
 
 
-if __name__ == "__main__":  # .ci/run: fetch and unpack the server before the tests run
+if __name__ == "__main__":  # .ci/run: `python3 tests/support/triton.py` (stdlib and pip only)
     print(setup())
