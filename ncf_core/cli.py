@@ -1,4 +1,5 @@
-"""Command line: ``python -m ncf_core {train,evaluate,recommend,download,synthetic,hyperparameters}``.
+"""Command line: ``python -m ncf_core {train,evaluate,recommend,download,synthetic,ncf-files,export,
+hyperparameters}``.
 
 The ``train`` options are generated from ``ncf_core.config``, the same schema as the image's
 hyperparameters."""
@@ -83,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     nf.add_argument("--data", required=True, help="raw ratings file or directory (u.data, ratings.dat...)")
     nf.add_argument("--to", required=True, type=Path, help="the files' prefix, e.g. data/ml-100k/ml-100k")
     nf.add_argument("--seed", type=int, default=0, help="seed of the sampled test negatives")
+    ex = sub.add_parser("export", help="write an artifact as a Triton model repository (docs/triton.md)")
+    ex.add_argument("--model-dir", required=True, help="the artifact to export")
+    ex.add_argument("--to", required=True, type=Path, help="the Triton model repository to write into")
+    ex.add_argument(
+        "--name", default="ncf", help="the entry model's name; the others are NAME_* (default ncf)"
+    )
+    ex.add_argument("--top-k", type=int, default=config.DEFAULT_TOP_K, help="K of the top-K model")
+    ex.add_argument("--packages", type=Path, help="also write NAME.tar.gz and NAME_scores.tar.gz here")
     sub.add_parser("hyperparameters", help="print the training image's hyperparameters as a markdown table")
     return parser
 
@@ -145,6 +154,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "ncf-files":
         data = ncf_data.load(args.data, seed=args.seed, validation=False)
         print(ncf_data.write_ncf(data, args.to))
+        return 0
+    if args.command == "export":
+        from .triton import export, write_packages
+
+        exported = export(args.model_dir, args.to, args.name, args.top_k)
+        packages = [] if args.packages is None else write_packages(exported, args.packages)
+        summary = {"repository": str(exported.repository), "models": exported.models, "top_k": exported.k}
+        print(json.dumps(summary | {"packages": [str(p) for p in packages]}))
         return 0
     if args.command == "hyperparameters":
         print(config.hyperparameter_table(), end="")
