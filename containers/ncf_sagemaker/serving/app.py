@@ -229,7 +229,7 @@ class ServingApp(Starlette):
     async def _timed(self, scope: Scope, context: Context, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn`` in the pool, within what is left of the request's SAGEMAKER_MODEL_SERVER_TIMEOUT.
 
-        On timeout (504) or client disconnect the request's ``context.cancel`` is set: our own steps stop
+        On timeout (504) or client disconnect the request's context is cancelled: our own steps stop
         at their next slice. User code cannot be stopped, so if it is still running after
         ``ABANDON_GRACE_S`` the pool is retired (its threads end when their work does) and a fresh one takes
         the next requests: a timed-out request never holds capacity the requests after it need.
@@ -241,13 +241,13 @@ class ServingApp(Starlette):
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), max(left, 0.0))
         except TimeoutError:
-            context.cancel.set()
+            context.cancel()
             self._watch_abandoned(future)
             raise GatewayTimeout(
                 f"the prediction took longer than {contract.MODEL_SERVER_TIMEOUT_ENV}={timeout} s"
             ) from None
         except asyncio.CancelledError:  # the client went away: nobody reads this answer
-            context.cancel.set()
+            context.cancel()
             self._watch_abandoned(future)
             raise
 

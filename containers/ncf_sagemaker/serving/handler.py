@@ -59,12 +59,13 @@ class Cancelled(Exception):
     """The request was abandoned (it timed out, or its client left): its work stops at the next slice."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Context:
     """Per-request facts a handler function may want (pass-through of SageMaker's headers).
 
-    ``cancel`` is set by the server when the request times out or its client disconnects; long work calls
-    ``check()`` between slices, so a request nobody waits for stops holding a thread and a core.
+    ``cancel()`` is called by the server when the request times out or its client disconnects; long work
+    calls ``check()`` between slices, so a request nobody waits for stops holding a thread and a core. (A
+    flag, not a ``threading.Event``: one is made per request, and the GIL orders the one write and reads.)
     """
 
     request_id: str
@@ -72,11 +73,14 @@ class Context:
     model_name: str | None = None
     model_dir: Path | None = None
     accept: str | None = None
-    cancel: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    cancelled: bool = field(default=False, compare=False, repr=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def check(self) -> None:
         """Raise ``Cancelled`` when the server gave up on this request."""
-        if self.cancel.is_set():
+        if self.cancelled:
             raise Cancelled(self.request_id)
 
 
