@@ -8,7 +8,7 @@
 #   scripts/wheelhouse.sh            download (idempotent: wheels already there are not fetched again)
 #   scripts/wheelhouse.sh --verify   then pip-install it into ncf-python:bookworm's /opt/venv and import
 #
-# The pins are read from pyproject.toml: dependencies + extras train, tracking and serve + build-system.requires
+# The pins are read from pyproject.toml: dependencies + extras train, tracking, serve and monitor + build-system.requires
 # (so `pip install --no-index --find-links /wheelhouse .` can build the project in the image).
 # Start from scratch: rm -rf wheelhouse
 set -euo pipefail
@@ -25,7 +25,7 @@ import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     p = tomllib.load(f)
 extras = p["project"]["optional-dependencies"]
-images = extras["train"] + extras["tracking"] + extras["serve"]
+images = extras["train"] + extras["tracking"] + extras["serve"] + extras["monitor"]
 print("\n".join(p["project"]["dependencies"] + images + p["build-system"]["requires"]))
 EOF
 
