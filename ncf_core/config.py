@@ -32,6 +32,7 @@ MODEL_TYPES: tuple[str, ...] = ("gmf", "mlp", "neumf")
 PRETRAIN_PARTS: tuple[str, ...] = ("gmf", "mlp")
 MAX_LAYERS = 8  # MLP tower depth: the first layer is factor * 2**num_layers wide
 EMBEDDING_UPDATES: tuple[str, ...] = ("auto", "dense", "lazy")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_TOP_K = 10  # K of HR@K / NDCG@K, and the default length of a recommendation list
 NUM_EVAL_NEGATIVES = 99  # negatives each held-out item is ranked against (He et al. 2017)
 PLATFORM_HP_PREFIX = "sagemaker_"  # hyperparameters starting with it belong to the SageMaker platform
@@ -163,6 +164,15 @@ class TrainConfig:
         default=0, metadata=spec("stop after this many epochs without validation gain (0 = never)")
     )
     device: str = field(default="auto", metadata=spec("`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`"))
+    precision: str = field(
+        default="auto",
+        metadata=spec(
+            "the training step's matrix maths: `fp32`; `bf16` (autocast; embeddings, optimiser state and "
+            "the loss stay fp32); `fp16` (CUDA, with a gradient scaler); `auto`: bf16 on a CUDA device that "
+            "has it, fp32 on CPUs (bf16 measured slower there: docs/benchmarks.md, Precision)",
+            choices=PRECISIONS,
+        ),
+    )
     pretrain_dir: str | None = field(
         default=None,
         metadata=spec(
@@ -203,6 +213,10 @@ class TrainConfig:
             (
                 self.pretrain_alpha is None or 0.0 <= self.pretrain_alpha <= 1.0,
                 f"pretrain_alpha must be in [0, 1] (or auto), got {self.pretrain_alpha}",
+            ),
+            (
+                self.precision in PRECISIONS,
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
             ),
             (
                 self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

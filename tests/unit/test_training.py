@@ -430,3 +430,21 @@ def test_an_epoch_is_marked_at_each_tenth_of_its_steps(planted):
     assert len(samples) == 11 and samples[0] == 0 and samples[-1] == trainer.epoch_samples
     assert samples[-2] <= (steps * 9 // 10) * per_step
     assert all(b > a for a, b in itertools.pairwise(samples))
+
+
+@pytest.mark.parametrize("updates", ["dense", "lazy"])
+def test_bf16_autocast_learns_like_fp32_with_fp32_weights(planted, updates):
+    """bf16 is the step's matrix maths only: parameters (and so the artifact) and the loss stay fp32."""
+    fp32 = train(planted, replace(FAST, precision="fp32", embedding_updates=updates))
+    bf16 = train(planted, replace(FAST, precision="bf16", embedding_updates=updates))
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    assert bf16.test.hr > popularity_hr(planted) + 0.3
+    assert abs(bf16.test.hr - fp32.test.hr) < 0.1, (bf16.test, fp32.test)
+    assert all(math.isfinite(h["loss"]) for h in bf16.history if "loss" in h)
+
+
+def test_precision_is_checked_before_training(planted):
+    with pytest.raises(ConfigError, match="precision=fp16 needs a CUDA device"):
+        Trainer(planted, replace(FAST, precision="fp16", device="cpu"))
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, fp16, got 'half'"):
+        Trainer(planted, replace(FAST, precision="half"))
