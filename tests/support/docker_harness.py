@@ -205,7 +205,8 @@ def wait_for_http(url: str, timeout: float = 60, container: str | None = None) -
         time.sleep(0.3)
 
 
-IMAGE_EXTRAS = ("train", "tracking", "serve", "monitor")  # what scripts/wheelhouse.sh downloads, with the dependencies
+# What scripts/wheelhouse.sh downloads, with the dependencies.
+IMAGE_EXTRAS = ("train", "tracking", "serve", "monitor")
 
 
 def ensure_wheelhouse() -> Path:
