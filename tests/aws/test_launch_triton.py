@@ -232,9 +232,36 @@ def test_image_table_matches_the_sdk():
     image_uris = pytest.importorskip("sagemaker.image_uris")
     from ncf_launch.triton_deploy import TRITON_ACCOUNTS, TRITON_VERSION, triton_image
 
-    for region in TRITON_ACCOUNTS:
-        for instance in ("ml.g4dn.xlarge", "ml.c5.xlarge", "ml.p3.2xlarge", "ml.m5.large"):
+    config = image_uris.config_for_framework("sagemaker-tritonserver")
+    assert config["versions"][TRITON_VERSION]["registries"] == TRITON_ACCOUNTS
+    for region in ("us-east-1", "eu-south-1", "cn-north-1"):
+        for instance in ("ml.g4dn.xlarge", "ml.c5.xlarge"):
             want = image_uris.retrieve(
                 "sagemaker-tritonserver", region, version=TRITON_VERSION, instance_type=instance
             )
             assert triton_image(region, instance) == want
+
+
+def test_the_documented_commands(aws, tmp_path):
+    """docs/triton.md's first bash block, as written, on packages export wrote (bash -e, moto)."""
+    import subprocess
+
+    from ncf_core.triton import export, write_packages
+    from tests.support.paths import ROOT
+    from tests.support.triton import random_artifact
+
+    text = (ROOT / "docs" / "triton.md").read_text()
+    block = text.split("## Deploy, invoke, clean up", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    exported = export(random_artifact(tmp_path / "model"), tmp_path / "repo", "ncf", 10)
+    write_packages(exported, tmp_path / "pkgs")
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")
+    set_endpoint_results(aws, *['{"outputs": []}'] * 3)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=tmp_path, env=aws.env | {"BUCKET": BUCKET}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert aws.sm.list_endpoints()["Endpoints"] == [] and keys(aws) == []  # cleaned up, uploads too
+    bodies = [json.loads(r["body"]) for r in aws.server.requests if r["path"].endswith("/invocations")]
+    assert [b["inputs"][0]["name"] for b in bodies] == ["USER", "USER", "USER"]
+    assert [len(aws.server.calls(t)) for t in ("CreateEndpoint", "UpdateEndpoint")] == [2, 0]
