@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             _ignore_missing(lambda m=m: sm.delete_model(ModelName=m))
             result(m)
         delete_objects(aws, uploads)
-        say("done; S3 objects, training jobs and ECR images are kept")
+        say("done; " + ("other " if uploads else "") + "S3 objects, training jobs and ECR images are kept")
         return 0
 
     return run_main("cleanup", body)
