@@ -99,6 +99,11 @@ def parser() -> argparse.ArgumentParser:
         help="serving image URI (default: ncf-serve:latest in ECR; ncf-serve:local with --local)",
     )
     p.add_argument(
+        "--triton",
+        action="store_true",
+        help="--definition, upsert: also export and register the Triton package (docs/triton.md)",
+    )
+    p.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="start, --local: a parameter"
     )
     p.add_argument("--execution", metavar="ARN", help="status: this execution (default: the latest)")
@@ -113,6 +118,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("give --definition, --local or one of: " + ", ".join(COMMANDS))
     if args.param and args.command != "start" and not args.local:
         raise UsageError("--param only applies to start and --local")
+    if args.triton and not (args.definition or args.command == "upsert"):
+        raise UsageError("--triton applies to --definition and upsert (the pipeline's steps)")
     if args.execution and args.command != "status":
         raise UsageError("--execution only applies to status")
     if args.wait and args.command not in ("start", "status"):
@@ -156,6 +163,10 @@ def settings_for(args: argparse.Namespace, aws: Aws | None) -> Settings:
         else:
             images[flag] = default_image(aws, repository)
     tracking = os.environ.get(contract.MLFLOW_TRACKING_URI_ENV, "").strip()
+    if getattr(args, "triton", False):
+        from ncf_launch.triton_deploy import GPU_INSTANCE_TYPE, triton_image
+
+        images["triton_image"] = triton_image(region, GPU_INSTANCE_TYPE)
     return Settings(
         args.name, region, role, args.bucket, args.prefix, data_uri=data, tracking_uri=tracking, **images
     )
@@ -235,7 +246,8 @@ def deployed_parameters(sm, name: str) -> dict[str, str]:
 
 def start(args: argparse.Namespace) -> None:
     # Names and values are checked here; the defaults are the deployed pipeline's (read below).
-    overrides = P.check_overrides(key_values(args.param, "--param"), P.parameters(data_uri=""))
+    known = P.parameters(data_uri="", triton=True)  # the deployed pipeline's own list is checked below
+    overrides = P.check_overrides(key_values(args.param, "--param"), known)
     aws = connect(args.region)
     sm = aws.client("sagemaker")
     deployed = deployed_parameters(sm, args.name)
@@ -334,7 +346,8 @@ def status(args: argparse.Namespace) -> None:
 def run_local(args: argparse.Namespace) -> None:
     from . import local
 
-    overrides = P.check_overrides(key_values(args.param, "--param"), P.parameters(data_uri=""))
+    known = P.parameters(data_uri="", triton=True)  # the deployed pipeline's own list is checked below
+    overrides = P.check_overrides(key_values(args.param, "--param"), known)
     aws = connect(args.region)
     args.region = aws.region
     settings = settings_for(args, None)

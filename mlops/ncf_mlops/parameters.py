@@ -30,9 +30,11 @@ MIN_NDCG = f"MinNdcgAt{GATE_K}"
 MODEL_PACKAGE_GROUP = "ModelPackageGroupName"
 APPROVAL_STATUS = "ModelApprovalStatus"
 MLFLOW_TRACKING_URI = "MlflowTrackingUri"
+TRITON_GROUP = "TritonModelPackageGroupName"  # only in a pipeline upserted with --triton
 
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 DEFAULT_GROUP = "ncf-models"  # the model package group (mlops/infra/ creates it; the rule listens to it)
+DEFAULT_TRITON_GROUP = "ncf-models-triton"  # the Triton packages' group (created by hand: docs/triton.md)
 DEFAULT_EVAL_INSTANCE_TYPE = "ml.m5.large"
 # ML-1M NeuMF-32 reaches 0.70 / 0.42 (README, Results): a model well below that is not registered.
 DEFAULT_MIN_HR = 0.6
@@ -62,10 +64,16 @@ def hyperparameter_parameters() -> tuple[Parameter, ...]:
     )
 
 
-def parameters(data_uri: str, tracking_uri: str = "") -> tuple[Parameter, ...]:
+def parameters(data_uri: str, tracking_uri: str = "", triton: bool = False) -> tuple[Parameter, ...]:
     """Every parameter, in the order the definition lists them; ``data_uri`` is the default data prefix
     (NCF files: ``*.train.rating`` for training, ``*.test.rating`` + ``*.test.negative`` for the gate),
-    ``tracking_uri`` the default MLflow tracking server (empty: no tracking)."""
+    ``tracking_uri`` the default MLflow tracking server (empty: no tracking); ``triton``: the pipeline also
+    exports and registers the Triton package."""
+    extra = (
+        (Parameter(TRITON_GROUP, str, DEFAULT_TRITON_GROUP, "model package group of the Triton package"),)
+        if triton
+        else ()
+    )
     return (
         Parameter(INPUT_DATA, str, data_uri, "the train channel (S3 prefix)"),
         Parameter(TEST_DATA, str, data_uri, "NCF test files the Evaluate step scores (S3 prefix)"),
@@ -89,6 +97,7 @@ def parameters(data_uri: str, tracking_uri: str = "") -> tuple[Parameter, ...]:
             tracking_uri,
             "MLflow tracking server (URL or tracking server ARN) Train and Evaluate log to; empty: none",
         ),
+        *extra,
         *hyperparameter_parameters(),
     )
 

@@ -1,5 +1,10 @@
 """The one pipeline: Train → Evaluate → CheckQuality → Register, or Fail with the figures that missed.
 
+Built with ``--triton`` (``Settings.triton_image``), a passed gate also runs ExportTriton (the training
+image's ``python -m ncf_core export --packages``) and RegisterTriton (the ``ncf.tar.gz`` package on AWS's
+Triton image, SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=ncf, in TritonModelPackageGroupName): a second model
+package, with the same approval status and model statistics, that deploy.sh --model-package-group deploys.
+
 Built with the SageMaker Python SDK 2.x on our two images; the domain stays in ``ncf_core`` and the
 container contracts in ``ncf_sagemaker`` (the Evaluate step runs the training image's ``evaluate``
 program, whose paths and report names come from there). Parameters: ``ncf_mlops.parameters``.
@@ -23,6 +28,11 @@ EVALUATE_STEP = "Evaluate"
 GATE_STEP = "CheckQuality"
 REGISTER_STEP = "Register"
 FAIL_STEP = "QualityGateFailed"
+EXPORT_TRITON_STEP = "ExportTriton"
+REGISTER_TRITON_STEP = "RegisterTriton"
+TRITON_OUTPUT = "triton"
+TRITON_NAME = "ncf"  # export's --name: the package ncf.tar.gz, its entry ensemble ncf (top-K)
+TRITON_INFERENCE_INSTANCE_TYPES = ("ml.g4dn.xlarge", "ml.g5.xlarge", "ml.c5.xlarge", "ml.m5.xlarge")
 EVALUATION_PROPERTY_FILE = "EvaluationReport"
 EVALUATE_PROGRAM = "evaluate"  # the console script in the training image (pyproject.toml)
 # What the serving image answers (containers/serve/README.md) and where a registered model may run.
@@ -44,6 +54,7 @@ class Settings:
     serve_image: str
     data_uri: str  # default of InputDataUri and TestDataUri
     tracking_uri: str = ""  # default of MlflowTrackingUri (empty: no experiment tracking)
+    triton_image: str = ""  # set: also export and register the Triton package on this image
 
     def s3(self, *parts: str) -> str:
         return "/".join([f"s3://{self.bucket}", self.prefix.strip("/"), *parts])
@@ -83,7 +94,7 @@ def build(settings: Settings, session: Any = None) -> Any:
 
     local = session is not None and getattr(session, "local_mode", False)
     session = session or offline_session(settings.region, settings.bucket)
-    declared = P.parameters(settings.data_uri, settings.tracking_uri)
+    declared = P.parameters(settings.data_uri, settings.tracking_uri, triton=bool(settings.triton_image))
     param = {p.name: _sdk_parameter(p) for p in declared}
     # Both steps log to MLflow when the parameter is set, their runs tagged with this execution.
     tracking_env = {
@@ -203,7 +214,7 @@ def build(settings: Settings, session: Any = None) -> Any:
             ConditionGreaterThanOrEqualTo(left=hr, right=param[P.MIN_HR]),
             ConditionGreaterThanOrEqualTo(left=ndcg, right=param[P.MIN_NDCG]),
         ],
-        if_steps=[register],
+        if_steps=[register, *triton_steps(settings, session, param, model_data, evaluation_uri, local)],
         else_steps=[fail],
     )
     return Pipeline(
@@ -212,6 +223,77 @@ def build(settings: Settings, session: Any = None) -> Any:
         steps=[train, evaluate, gate],
         sagemaker_session=session,
     )
+
+
+def triton_steps(
+    settings: Settings, session: Any, param: dict, model_data: Any, evaluation_uri: Any, local: bool
+) -> list:
+    """ExportTriton → RegisterTriton, when the pipeline is built with a Triton image (else none)."""
+    if not settings.triton_image:
+        return []
+    if local:
+        raise ValueError("the Triton steps are not in --local runs")
+    from sagemaker.model import Model
+    from sagemaker.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
+    from sagemaker.workflow.execution_variables import ExecutionVariables
+    from sagemaker.workflow.functions import Join
+    from sagemaker.workflow.model_step import ModelStep
+    from sagemaker.workflow.steps import ProcessingStep
+
+    model_in = contract.processing_container_path(contract.PROCESSING_MODEL)
+    out = contract.processing_container_path(TRITON_OUTPUT)
+    command = (
+        f"set -e; mkdir -p /tmp/ncf-model; tar -xzf {model_in}/{contract.MODEL_ARCHIVE} -C /tmp/ncf-model; "
+        f"python -m ncf_core export --model-dir /tmp/ncf-model --to /tmp/ncf-triton --name {TRITON_NAME} "
+        f"--top-k {P.GATE_K} --packages {out}"
+    )
+    triton_uri = Join(on="/", values=[settings.s3("triton"), ExecutionVariables.PIPELINE_EXECUTION_ID])
+    exporter = Processor(
+        role=settings.role_arn,
+        image_uri=settings.train_image,
+        instance_count=1,
+        instance_type=param[P.EVAL_INSTANCE_TYPE],
+        entrypoint=["sh", "-c", command],
+        base_job_name="ncf-export-triton",
+        sagemaker_session=session,
+    )
+    export = ProcessingStep(
+        name=EXPORT_TRITON_STEP,
+        step_args=exporter.run(
+            inputs=[
+                ProcessingInput(input_name=contract.PROCESSING_MODEL, source=model_data, destination=model_in)
+            ],
+            outputs=[ProcessingOutput(output_name=TRITON_OUTPUT, source=out, destination=triton_uri)],
+        ),
+    )
+    package = Model(
+        image_uri=settings.triton_image,
+        model_data=Join(on="/", values=[triton_uri, f"{TRITON_NAME}.tar.gz"]),
+        env={"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": TRITON_NAME},
+        role=settings.role_arn,
+        sagemaker_session=session,
+    )
+    register = ModelStep(
+        name=REGISTER_TRITON_STEP,
+        step_args=package.register(
+            content_types=["application/json"],
+            response_types=["application/json"],
+            inference_instances=list(TRITON_INFERENCE_INSTANCE_TYPES),
+            transform_instances=list(TRITON_INFERENCE_INSTANCE_TYPES),
+            model_package_group_name=param[P.TRITON_GROUP],
+            approval_status=param[P.APPROVAL_STATUS],
+            model_metrics=ModelMetrics(
+                model_statistics=MetricsSource(
+                    content_type="application/json",
+                    s3_uri=Join(on="/", values=[evaluation_uri, contract.EVALUATION_REPORT]),
+                )
+            ),
+            description=f"NCF top-{P.GATE_K} on Triton (KServe v2 JSON; docs/triton.md)",
+        ),
+        depends_on=[export],
+    )
+    return [export, register]
 
 
 def definition(settings: Settings) -> str:

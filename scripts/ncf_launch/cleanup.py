@@ -5,6 +5,7 @@
 
 Deletes the endpoint (which stops its billing), the endpoint config it uses and the models in it, and every
 earlier config and model deploy.sh made for that endpoint (NAME-TIMESTAMP, NAME-primary|canary-TIMESTAMP).
+Packages deploy.sh --server triton uploaded (recorded in its models' tags) are deleted too.
 Anything else is left alone: training jobs (SageMaker keeps their records; they cost nothing once ended),
 S3 objects (data, model artifacts, captured data) and ECR images. Re-running when everything is gone is fine.
 """
@@ -16,6 +17,7 @@ import re
 
 from .aws_client import UsageError, check_name, confirm, connect, is_not_found, result, run_main, say
 from .deploy import config_name_pattern, endpoint_status, model_name_pattern
+from .triton_deploy import delete_objects, uploaded_objects
 
 
 def parser() -> argparse.ArgumentParser:
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             m for m in names(sm, "list_models", "Models", "ModelName", args.endpoint) if model_re.match(m)
         ]
         configs, models = sorted(set(configs)), sorted(set(models))
+        uploads = uploaded_objects(sm, models)
 
         if status is None and not configs and not models:
             say(f"nothing to delete for endpoint {args.endpoint} in {aws.region}")
@@ -87,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  endpoint config {c}")
         for m in models:
             say(f"  model           {m}")
+        for u in uploads:
+            say(f"  S3 object       {u}")
         if not args.yes and not confirm(
-            f"Delete these {int(status is not None) + len(configs) + len(models)}?"
+            f"Delete these {int(status is not None) + len(configs) + len(models) + len(uploads)}?"
         ):
             raise UsageError("nothing deleted (answer y to delete, or pass --yes)")
 
@@ -104,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"DeleteModel {m}")
             _ignore_missing(lambda m=m: sm.delete_model(ModelName=m))
             result(m)
-        say("done; S3 objects, training jobs and ECR images are kept")
+        delete_objects(aws, uploads)
+        say("done; " + ("other " if uploads else "") + "S3 objects, training jobs and ECR images are kept")
         return 0
 
     return run_main("cleanup", body)

@@ -8,6 +8,8 @@
     scripts/deploy.sh ... --data-capture s3://BUCKET/ncf/capture --capture-percent 20
     scripts/deploy.sh --endpoint ncf --model-package-group ncf-models            latest Approved version
     scripts/deploy.sh --endpoint ncf --model-package-group ncf-models --rollback the approved one before
+    scripts/deploy.sh --server triton --endpoint ncf-triton --package PKG --upload-to S3_PREFIX
+                                                  AWS's Triton image (deploy.sh --server triton --help)
 
 Creates a model per production variant (NAME-primary-TIMESTAMP, NAME-canary-TIMESTAMP) and an endpoint
 config (NAME-TIMESTAMP), then creates the endpoint, or, when it exists and is InService, updates it to the
@@ -103,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return once the create/update call is accepted")
     p.add_argument("--timeout", type=int, default=3600, metavar="SECONDS", help="max wait (default 1 hour)")
     p.add_argument("--region", help="AWS region (default: AWS_REGION / your profile)")
+    p.add_argument("--server", choices=("ncf", "triton"), default="ncf", help="triton: --server triton -h")
     return p
 
 
@@ -230,6 +233,13 @@ def wait_for_endpoint(sm, name: str, timeout: float, poll: float = POLL_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> int:
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--server", choices=("ncf", "triton"), default="ncf")
+    chosen, rest = server.parse_known_args(argv)
+    if chosen.server == "triton":
+        from .triton_deploy import main as triton_main
+
+        return triton_main(rest)
     args = parser().parse_args(argv)
 
     def body() -> None:

@@ -131,3 +131,31 @@ def test_load_and_unload_a_string_id_model(triton, setup):
     assert all(states[m] != "READY" for m in ("shop", "shop_users", "shop_topk", "shop_items")), states
     assert states["ncf"] == "READY"
     assert triton.infer("shop", [ids_input("USER", users)])[0] != 200
+
+
+def test_invoke_sh_speaks_kserve_v2_to_it(triton, rec):
+    """scripts/invoke.sh --local URL --v2-model NAME --users / --pairs: the bodies it builds, answered."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.paths import ROOT
+
+    env = os.environ | {"PYTHON": sys.executable}
+    base = [str(ROOT / "scripts" / "invoke.sh"), "--local", f"http://127.0.0.1:{triton.port}"]
+    users = rec.artifact.user_ids[:3]
+    proc = subprocess.run(
+        [*base, "--v2-model", "ncf", "--users", ",".join(map(str, users))],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert_recommendations(json.loads(proc.stdout), rec.recommend_many(users, k=K))
+    user, item = rec.artifact.user_ids[0], rec.artifact.item_ids[0]
+    proc = subprocess.run(
+        [*base, "--v2-model", "ncf_scores", "--pairs", f"{user}:{item}"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    score = outputs(json.loads(proc.stdout))["SCORE"][0, 0]
+    np.testing.assert_allclose(score, rec.score_pairs([user], [item]).scores[0], atol=1e-6, rtol=0)

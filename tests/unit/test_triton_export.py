@@ -16,6 +16,7 @@ import torch
 from ncf_core import artifact as artifact_io
 from ncf_core.inference import Recommender
 from ncf_core.triton import PAIRS_MAX_BATCH, TOPK_MAX_BATCH, ExportError, export, write_packages
+from ncf_launch.triton_deploy import read_package, read_repository
 from tests.support.paths import ROOT
 from tests.support.triton import random_artifact
 
@@ -215,6 +216,9 @@ def test_packages_hold_one_ensemble_and_its_steps(numeric, tmp_path):
         assert ensembles == [path.name.removesuffix(".tar.gz")]
         steps = {m for m, _, _ in parse_config(configs_[ensembles[0]])["steps"]}
         assert set(roots) == steps | set(ensembles)
+        # deploy.sh --server triton's own checks (run before any AWS call) accept what export writes.
+        assert read_package(path)[0] == ensembles[0]
+    assert read_repository(tmp_path / "repo", "ncf_scores")[0] == "ncf_scores"
 
 
 def test_bad_name_and_k_are_refused(numeric, tmp_path):
