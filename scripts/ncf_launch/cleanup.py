@@ -5,6 +5,7 @@
 
 Deletes the endpoint (which stops its billing), the endpoint config it uses and the models in it, and every
 earlier config and model deploy.sh made for that endpoint (NAME-TIMESTAMP, NAME-primary|canary-TIMESTAMP).
+Its variants' auto scaling (deploy.sh --autoscale) is deregistered first, policies included.
 Anything else is left alone: training jobs (SageMaker keeps their records; they cost nothing once ended),
 S3 objects (data, model artifacts, captured data) and ECR images. Re-running when everything is gone is fine.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from . import autoscale
 from .aws_client import UsageError, check_name, confirm, connect, is_not_found, result, run_main, say
 from .deploy import config_name_pattern, endpoint_status, model_name_pattern
 
@@ -76,11 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             m for m in names(sm, "list_models", "Models", "ModelName", args.endpoint) if model_re.match(m)
         ]
         configs, models = sorted(set(configs)), sorted(set(models))
+        targets = autoscale.scalable_targets(aws, args.endpoint)
 
-        if status is None and not configs and not models:
+        if status is None and not configs and not models and not targets:
             say(f"nothing to delete for endpoint {args.endpoint} in {aws.region}")
             return 0
         say(f"in account {aws.account}, region {aws.region}, this deletes:")
+        for t in targets:
+            say(f"  scalable target {t} (and its scaling policies)")
         if status is not None:
             say(f"  endpoint        {args.endpoint} ({status})")
         for c in configs:
@@ -88,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in models:
             say(f"  model           {m}")
         if not args.yes and not confirm(
-            f"Delete these {int(status is not None) + len(configs) + len(models)}?"
+            f"Delete these {int(status is not None) + len(configs) + len(models) + len(targets)}?"
         ):
             raise UsageError("nothing deleted (answer y to delete, or pass --yes)")
 
+        autoscale.deregister(aws, targets, show=True)
         if status is not None:
             say(f"DeleteEndpoint {args.endpoint}")
             sm.delete_endpoint(EndpointName=args.endpoint)

@@ -6,6 +6,7 @@
     scripts/deploy.sh --endpoint ncf --training-job ncf-ml1m \\
         --canary-training-job ncf-ml1m-v2 --canary-weight 0.1                    10 % of traffic to a canary
     scripts/deploy.sh ... --data-capture s3://BUCKET/ncf/capture --capture-percent 20
+    scripts/deploy.sh ... --autoscale 1:4 [--target-invocations N | --target-gpu-utilization P]
     scripts/deploy.sh --endpoint ncf --model-package-group ncf-models            latest Approved version
     scripts/deploy.sh --endpoint ncf --model-package-group ncf-models --rollback the approved one before
 
@@ -27,6 +28,7 @@ import argparse
 import re
 import time
 
+from . import autoscale
 from .aws_client import (
     SERVE_INSTANCE_TYPE,
     SERVE_REPOSITORY,
@@ -103,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return once the create/update call is accepted")
     p.add_argument("--timeout", type=int, default=3600, metavar="SECONDS", help="max wait (default 1 hour)")
     p.add_argument("--region", help="AWS region (default: AWS_REGION / your profile)")
+    autoscale.add_arguments(p)  # --autoscale MIN:MAX, --target-invocations, --target-gpu-utilization
     return p
 
 
@@ -137,6 +140,7 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, flag):
             parse_s3_uri(getattr(args, flag), "--" + flag.replace("_", "-"))
     key_values(args.env, "--env")
+    autoscale.check_args(args)
 
 
 def job_model_data(sm, job: str) -> str:
@@ -324,12 +328,16 @@ def main(argv: list[str] | None = None) -> int:
             say(f"CreateEndpoint {args.endpoint} with config {config['EndpointConfigName']}")
             sm.create_endpoint(EndpointName=args.endpoint, EndpointConfigName=config["EndpointConfigName"])
         else:
+            # SageMaker refuses to update a variant that is a scalable target: deregister first.
+            autoscale.deregister(aws, autoscale.scalable_targets(aws, args.endpoint))
             say(f"UpdateEndpoint {args.endpoint} ({status}) to config {config['EndpointConfigName']}")
             sm.update_endpoint(EndpointName=args.endpoint, EndpointConfigName=config["EndpointConfigName"])
         if args.no_wait:
             say(f"not waiting: scripts/invoke.sh --endpoint {args.endpoint} works once it is InService")
         else:
             wait_for_endpoint(sm, args.endpoint, args.timeout)
+        if args.autoscale:
+            autoscale.register(aws, args, args.endpoint, list(variants))
         result(args.endpoint)
 
     return run_main("deploy", body)
