@@ -160,3 +160,11 @@ def test_the_window_is_the_last_full_hour_before_the_scheduled_time():
         datetime(2026, 12, 5, 13, tzinfo=UTC),
         datetime(2026, 12, 5, 14, tzinfo=UTC),
     )
+
+
+@pytest.mark.parametrize("seconds", ["0", "-3600", "hourly"])
+def test_a_bad_window_length_is_refused(seconds):
+    from ncf_sagemaker.monitor_job import MonitorError, aligned_window
+
+    with pytest.raises(MonitorError, match="NCF_MONITOR_WINDOW_SECONDS must be a whole number"):
+        aligned_window(datetime(2026, 12, 5, 14, 10, tzinfo=UTC), seconds)
