@@ -86,8 +86,9 @@ def test_the_pipeline_goes_source_build_staging_smoke_approval_production():
     assert "CodeCommit" not in json.dumps(resources)  # a new account cannot use it
 
 
-def staged_package(aws) -> str:
-    aws.sm.create_model_package_group(ModelPackageGroupName=DEFAULT_GROUP)
+def staged_package(aws, new_group: bool = True) -> str:
+    if new_group:
+        aws.sm.create_model_package_group(ModelPackageGroupName=DEFAULT_GROUP)
     return aws.sm.create_model_package(
         ModelPackageGroupName=DEFAULT_GROUP,
         ModelApprovalStatus="Approved",
@@ -118,13 +119,15 @@ def test_staging_deploy_then_smoke_test_then_production_as_codebuild_runs_them(a
     )
     assert failed.returncode == 1 and "is over --max-p99-ms" in failed.stderr, failed.stderr
 
-    (promote,) = buildspec_commands("buildspec-promote.yml")
+    check, promote = buildspec_commands("buildspec-promote.yml")
     env = aws.env | {
         "ENDPOINT_NAME": "ncf",
+        "STAGING_ENDPOINT_NAME": "ncf-staging",
         "MODEL_PACKAGE_GROUP": DEFAULT_GROUP,
         "DEPLOY_ROLE_ARN": "",
         "HOME": str(tmp_path),
     }
+    assert run_in_codebuild(aws, check, env) == [arn]  # staging serves the latest Approved version
     assert run_in_codebuild(aws, promote, env) == ["ncf"]
     assert not (tmp_path / ".aws").exists()
     config = aws.sm.describe_endpoint(EndpointName="ncf")["EndpointConfigName"]
@@ -135,7 +138,7 @@ def test_staging_deploy_then_smoke_test_then_production_as_codebuild_runs_them(a
 
 
 def test_production_in_another_account_runs_deploy_as_the_role(aws, tmp_path):
-    (promote,) = buildspec_commands("buildspec-promote.yml")
+    _, promote = buildspec_commands("buildspec-promote.yml")
     role = "arn:aws:iam::210987654321:role/ncf-deploy"
     config = tmp_path / "aws" / "config"
     env = aws.env | {"ENDPOINT_NAME": "ncf", "MODEL_PACKAGE_GROUP": "nope", "DEPLOY_ROLE_ARN": role}
@@ -152,6 +155,25 @@ def test_production_in_another_account_runs_deploy_as_the_role(aws, tmp_path):
         f"[profile ncf-production]\nrole_arn = {role}\ncredential_source = EcsContainer\n"
     )
     assert proc.returncode != 0 and "nope" in proc.stderr
+
+
+def test_a_version_approved_after_staging_is_not_promoted(aws):
+    staged_package(aws)
+    (deploy,) = buildspec_commands("buildspec-deploy.yml")
+    env = aws.env | {"ENDPOINT_NAME": "ncf-staging", "MODEL_PACKAGE_GROUP": DEFAULT_GROUP}
+    run_in_codebuild(aws, deploy, env)
+    newer = staged_package(aws, new_group=False)  # approved while the pipeline waited for the approval
+    check, _ = buildspec_commands("buildspec-promote.yml")
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", check],
+        cwd=ROOT,
+        env=env | {"STAGING_ENDPOINT_NAME": "ncf-staging"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert f"the latest Approved version of {DEFAULT_GROUP} is {newer}" in proc.stderr
+    assert "it was not smoke-tested" in proc.stderr
 
 
 @pytest.mark.parametrize("template", [p.name for p in TEMPLATES])
