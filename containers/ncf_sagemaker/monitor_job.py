@@ -48,6 +48,9 @@ log = logging.getLogger("ncf_sagemaker.monitor")
 ANALYZE, BASELINE = "analyze", "baseline"
 MODE_ENV = "NCF_MONITOR_MODE"  # ours: the mode when no argument gives it (analyze)
 FAIL_ON_VIOLATIONS_ENV = "NCF_MONITOR_FAIL_ON_VIOLATIONS"  # ours: "true" makes violations exit 3
+# ours (scripts/monitor.sh's schedule): without start_time, the window is the last whole WINDOW seconds
+# (aligned on the epoch, so 3600 = the last full clock hour) ending at or before end_time.
+WINDOW_SECONDS_ENV = "NCF_MONITOR_WINDOW_SECONDS"
 EXIT_FAILED = 1
 EXIT_VIOLATIONS = 3
 REPORT_FILE = "report.md"
@@ -540,6 +543,8 @@ def run_analysis(args: argparse.Namespace, env: Mapping[str, str], overrides: di
         capture.parse_time(start, "start_time") if start else None,
         capture.parse_time(end, "end_time") if end else None,
     )
+    if env.get(WINDOW_SECONDS_ENV) and period.end and not period.start:
+        period = aligned_window(period.end, env[WINDOW_SECONDS_ENV])
     if period.start and period.end and period.end <= period.start:
         raise MonitorError(f"the window ends ({end}) before it starts ({start})")
     publish = (
@@ -579,6 +584,18 @@ def run_analysis(args: argparse.Namespace, env: Mapping[str, str], overrides: di
         print(f"{len(violations)} violation(s): failing as asked (--fail-on-violations)", file=sys.stderr)
         return EXIT_VIOLATIONS
     return 0
+
+
+def aligned_window(end: datetime, seconds: str) -> capture.TimeWindow:
+    """The last whole window of ``seconds`` (aligned on the epoch) ending at or before ``end``."""
+    try:
+        size = int(seconds)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise MonitorError(f"${WINDOW_SECONDS_ENV} must be a whole number of seconds > 0, got {seconds!r}")
+    stop = int(end.timestamp()) // size * size
+    return capture.TimeWindow(datetime.fromtimestamp(stop - size, UTC), datetime.fromtimestamp(stop, UTC))
 
 
 def fail(reason: str) -> int:

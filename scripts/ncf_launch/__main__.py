@@ -7,9 +7,12 @@ import sys
 
 from .extras import check_at_start, needs_extra
 
-COMMANDS = ("build_and_push", "upload_data", "train", "deploy", "invoke", "cleanup", "registry", "infra")
+COMMANDS = (
+    "build_and_push", "upload_data", "train", "deploy", "invoke", "cleanup", "registry", "infra",
+    "monitor", "smoke_test",
+)  # fmt: skip
 # The paths that need no AWS, hence no boto3 (the aws extra): every other one needs it.
-WITHOUT_AWS = {"train": "--local", "invoke": "--local", "build_and_push": "--no-push"}
+WITHOUT_AWS = {"train": "--local", "invoke": "--local", "build_and_push": "--no-push", "smoke_test": "--url"}
 
 
 def needs_aws(command: str, args: list[str]) -> bool:

@@ -5,7 +5,8 @@
 
 Deletes the endpoint (which stops its billing), the endpoint config it uses and the models in it, and every
 earlier config and model deploy.sh made for that endpoint (NAME-TIMESTAMP, NAME-primary|canary-TIMESTAMP).
-Packages deploy.sh --server triton uploaded (recorded in its models' tags) are deleted too.
+Packages deploy.sh --server triton uploaded (recorded in its models' tags) are deleted too. Its variants'
+auto scaling (deploy.sh --autoscale) is deregistered first, policies included.
 Anything else is left alone: training jobs (SageMaker keeps their records; they cost nothing once ended),
 S3 objects (data, model artifacts, captured data) and ECR images. Re-running when everything is gone is fine.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from . import autoscale
 from .aws_client import UsageError, check_name, confirm, connect, is_not_found, result, run_main, say
 from .deploy import config_name_pattern, endpoint_status, model_name_pattern
 from .triton_deploy import delete_objects, uploaded_objects
@@ -79,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
         configs, models = sorted(set(configs)), sorted(set(models))
         uploads = uploaded_objects(sm, models)
+        targets = autoscale.scalable_targets(aws, args.endpoint)
 
-        if status is None and not configs and not models:
+        if status is None and not configs and not models and not targets:
             say(f"nothing to delete for endpoint {args.endpoint} in {aws.region}")
             return 0
         say(f"in account {aws.account}, region {aws.region}, this deletes:")
+        for t in targets:
+            say(f"  scalable target {t} (and its scaling policies)")
         if status is not None:
             say(f"  endpoint        {args.endpoint} ({status})")
         for c in configs:
@@ -92,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  model           {m}")
         for u in uploads:
             say(f"  S3 object       {u}")
-        if not args.yes and not confirm(
-            f"Delete these {int(status is not None) + len(configs) + len(models) + len(uploads)}?"
-        ):
+        count = int(status is not None) + len(configs) + len(models) + len(uploads) + len(targets)
+        if not args.yes and not confirm(f"Delete these {count}?"):
             raise UsageError("nothing deleted (answer y to delete, or pass --yes)")
 
+        autoscale.deregister(aws, targets, show=True)
         if status is not None:
             say(f"DeleteEndpoint {args.endpoint}")
             sm.delete_endpoint(EndpointName=args.endpoint)

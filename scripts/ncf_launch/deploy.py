@@ -6,6 +6,7 @@
     scripts/deploy.sh --endpoint ncf --training-job ncf-ml1m \\
         --canary-training-job ncf-ml1m-v2 --canary-weight 0.1                    10 % of traffic to a canary
     scripts/deploy.sh ... --data-capture s3://BUCKET/ncf/capture --capture-percent 20
+    scripts/deploy.sh ... --autoscale 1:4 [--target-invocations N | --target-gpu-utilization P]
     scripts/deploy.sh --endpoint ncf --model-package-group ncf-models            latest Approved version
     scripts/deploy.sh --endpoint ncf --model-package-group ncf-models --rollback the approved one before
     scripts/deploy.sh --server triton --endpoint ncf-triton --package PKG --upload-to S3_PREFIX
@@ -29,6 +30,7 @@ import argparse
 import re
 import time
 
+from . import autoscale
 from .aws_client import (
     SERVE_INSTANCE_TYPE,
     SERVE_REPOSITORY,
@@ -106,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=3600, metavar="SECONDS", help="max wait (default 1 hour)")
     p.add_argument("--region", help="AWS region (default: AWS_REGION / your profile)")
     p.add_argument("--server", choices=("ncf", "triton"), default="ncf", help="triton: --server triton -h")
+    autoscale.add_arguments(p)  # --autoscale MIN:MAX, --target-invocations, --target-gpu-utilization
     return p
 
 
@@ -140,6 +143,7 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, flag):
             parse_s3_uri(getattr(args, flag), "--" + flag.replace("_", "-"))
     key_values(args.env, "--env")
+    autoscale.check_args(args)
 
 
 def job_model_data(sm, job: str) -> str:
@@ -334,12 +338,16 @@ def main(argv: list[str] | None = None) -> int:
             say(f"CreateEndpoint {args.endpoint} with config {config['EndpointConfigName']}")
             sm.create_endpoint(EndpointName=args.endpoint, EndpointConfigName=config["EndpointConfigName"])
         else:
+            # SageMaker refuses to update a variant that is a scalable target: deregister first.
+            autoscale.deregister(aws, autoscale.scalable_targets(aws, args.endpoint))
             say(f"UpdateEndpoint {args.endpoint} ({status}) to config {config['EndpointConfigName']}")
             sm.update_endpoint(EndpointName=args.endpoint, EndpointConfigName=config["EndpointConfigName"])
         if args.no_wait:
             say(f"not waiting: scripts/invoke.sh --endpoint {args.endpoint} works once it is InService")
         else:
             wait_for_endpoint(sm, args.endpoint, args.timeout)
+        if args.autoscale:
+            autoscale.register(aws, args, args.endpoint, list(variants))
         result(args.endpoint)
 
     return run_main("deploy", body)

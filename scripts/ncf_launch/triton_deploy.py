@@ -35,6 +35,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from . import autoscale
+from .autoscale import is_gpu
 from .aws_client import (
     Aws,
     UsageError,
@@ -89,10 +91,6 @@ TRITON_ACCOUNTS = {
 }
 UPLOAD_TAG = "ncf:uploaded:"  # model tag key prefix; the value is an S3 URI this script uploaded
 _VERSION = re.compile(r"^\d{2}\.\d{2}$")
-
-
-def is_gpu(instance_type: str) -> bool:
-    return re.match(r"^ml\.(g|p)\d", instance_type) is not None
 
 
 def triton_image(region: str, instance_type: str, version: str = TRITON_VERSION) -> str:
@@ -250,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return once the create call is accepted")
     p.add_argument("--timeout", type=int, default=3600, metavar="SECONDS", help="max wait (default 1 hour)")
     p.add_argument("--region", help="AWS region (default: AWS_REGION / your profile)")
+    autoscale.add_arguments(p)  # GPU multi-model: target-tracking on GPU utilisation by default
     return p
 
 
@@ -295,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--triton-version is like {TRITON_VERSION}, got {args.triton_version!r}")
         if args.instance_count < 1:
             raise UsageError(f"--instance-count must be at least 1, got {args.instance_count}")
+        autoscale.check_args(args)
         prefix_bucket, _ = parse_s3_uri(args.upload_to, "--upload-to")
         prefix = args.upload_to if args.upload_to.endswith("/") else args.upload_to + "/"
         for path in args.package:
@@ -376,10 +376,14 @@ def main(argv: list[str] | None = None) -> int:
             say(f"CreateEndpoint {args.endpoint} with config {config['EndpointConfigName']}")
             sm.create_endpoint(EndpointName=args.endpoint, EndpointConfigName=config["EndpointConfigName"])
         else:
+            # SageMaker refuses to update a variant that is a scalable target: deregister first.
+            autoscale.deregister(aws, autoscale.scalable_targets(aws, args.endpoint))
             say(f"UpdateEndpoint {args.endpoint} ({status}) to config {config['EndpointConfigName']}")
             sm.update_endpoint(EndpointName=args.endpoint, EndpointConfigName=config["EndpointConfigName"])
         if not args.no_wait:
             wait_for_endpoint(sm, args.endpoint, args.timeout)
+        if args.autoscale:
+            autoscale.register(aws, args, args.endpoint, ["primary"])
         result(args.endpoint)
 
     return run_main("deploy", body)

@@ -70,7 +70,10 @@ def test_core_stack_creates_bucket_role_and_repositories(aws):
     role = iam.get_role(RoleName=f"ncf-sagemaker-{REGION}")["Role"]
     trust = role["AssumeRolePolicyDocument"]
     trust = json.loads(trust) if isinstance(trust, str) else trust
-    assert trust["Statement"][0]["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+    # scheduler: monitor.sh's schedule starts processing jobs as this role
+    assert trust["Statement"][0]["Principal"] == {
+        "Service": ["sagemaker.amazonaws.com", "scheduler.amazonaws.com"]
+    }
     # moto 5.2.1 has no AWS::SageMaker::ModelPackageGroup in CloudFormation: it skips the resource
     assert aws.sm.list_model_package_groups()["ModelPackageGroupSummaryList"] == []
 

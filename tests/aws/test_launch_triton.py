@@ -265,3 +265,24 @@ def test_the_documented_commands(aws, tmp_path):
     bodies = [json.loads(r["body"]) for r in aws.server.requests if r["path"].endswith("/invocations")]
     assert [b["inputs"][0]["name"] for b in bodies] == ["USER", "USER", "USER"]
     assert [len(aws.server.calls(t)) for t in ("CreateEndpoint", "UpdateEndpoint")] == [2, 0]
+
+
+def test_a_gpu_multi_model_triton_endpoint_scales_on_gpu_utilisation_and_cleanup_deregisters(aws, tmp_path):
+    """SageMaker's multi-model endpoints on GPU run only on Triton: this is where the GPU target belongs."""
+    from tests.aws.test_launch_autoscale import targets_and_policies
+
+    prefix = f"s3://{BUCKET}/tscale/"
+    args = ("deploy", "--server", "triton", "--multi-model", "--endpoint", "ncf-tgpu", "--upload-to", prefix)
+    ok(aws.run(*args, "--package", str(good_package(tmp_path)), "--autoscale", "1:4"))
+    targets, policies = targets_and_policies(aws)
+    assert targets == {"endpoint/ncf-tgpu/variant/primary": (1, 4)}
+    config = policies["endpoint/ncf-tgpu/variant/primary"]["TargetTrackingScalingPolicyConfiguration"]
+    assert config["CustomizedMetricSpecification"]["MetricName"] == "GPUUtilization"
+    assert config["TargetValue"] == 60.0  # the default for a GPU multi-model endpoint
+    refused(
+        aws.run(*args, "--package", str(good_package(tmp_path)), "--instance-type", "ml.c5.xlarge",
+                "--autoscale", "1:2", "--target-gpu-utilization", "50"),
+        "GPU",
+    )  # fmt: skip
+    ok(aws.run("cleanup", "--endpoint", "ncf-tgpu", "--yes"))
+    assert targets_and_policies(aws) == ({}, {})

@@ -2,7 +2,7 @@
 
 moto's WSGI app (S3, ECR, STS, SageMaker, SageMaker runtime) on an ephemeral loopback port, recording every
 request it receives. The tests run the real scripts as a user would (subprocesses, AWS_ENDPOINT_URL pointing
-at moto, dummy credentials) and then read what they created back through boto3. Two things moto 5.2.1 lacks
+at moto, dummy credentials) and then read what they created back through boto3. What moto 5.2.1 lacks
 are added to the in-process server, in `_extend_moto` (nothing else is changed):
 - UpdateEndpoint is not implemented: it is added with SageMaker's semantics (the endpoint switches to the new
   config's variants and data capture);
@@ -11,7 +11,9 @@ are added to the in-process server, in `_extend_moto` (nothing else is changed):
   ask for a job or endpoint to come up Failed with a given FailureReason (`FAILURES`);
 - ListPipelineExecutionSteps is not implemented and every pipeline execution is Succeeded at once: a test
   sets the steps an execution of a pipeline lists (`PIPELINE_STEPS`) and, in `FAILURES` under the
-  pipeline's name, the FailureReason its executions end Failed with.
+  pipeline's name, the FailureReason its executions end Failed with;
+- CreateProcessingJob drops the job's Environment and ProcessingResources: they are kept and described.
+EventBridge Scheduler schedules are stored but never fire: tests/aws/test_monitor_schedule.py fires them.
 
 The fixtures (`moto_server`, one a session; `aws`, a reset server and a bucket per test) are in
 tests/aws/conftest.py.
@@ -178,6 +180,16 @@ def _extend_moto() -> None:
         )
         return desc
 
+    create_processing = SageMakerResponse.create_processing_job
+
+    def create_processing_job(self):
+        answer = create_processing(self)  # moto drops the job's Environment and ProcessingResources
+        job = self.sagemaker_backend.processing_jobs[self._get_param("ProcessingJobName")]
+        job.environment = self._get_param("Environment") or {}
+        job.processing_resources = self._get_param("ProcessingResources")
+        return answer
+
+    SageMakerResponse.create_processing_job = create_processing_job
     SageMakerModelBackend.describe_pipeline_execution = describe_pipeline_execution
     SageMakerResponse.update_endpoint = update_endpoint
     SageMakerResponse.list_pipeline_execution_steps = list_pipeline_execution_steps
