@@ -168,8 +168,8 @@ class TrainConfig:
         default="auto",
         metadata=spec(
             "the training step's matrix maths: `fp32`; `bf16` (autocast; embeddings, optimiser state and "
-            "the loss stay fp32); `fp16` (CUDA, with a gradient scaler); `auto`: bf16 on a CUDA device that "
-            "has it, fp32 on CPUs (bf16 measured slower there: docs/benchmarks.md, Precision)",
+            "the loss stay fp32); `fp16` (CUDA, with a gradient scaler); `auto`: bf16 where the hardware "
+            "computes it (a CUDA device with bf16, a CPU with AMX or AVX512-BF16), else fp32",
             choices=PRECISIONS,
         ),
     )

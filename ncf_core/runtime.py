@@ -80,3 +80,22 @@ def flush_denormals() -> bool:
             "started before ncf_core.runtime.flush_denormals was called): call it first in the program"
         )
     return _flushing
+
+
+# CPU features with bf16 matrix arithmetic (Intel AMX, AVX512-BF16 on Intel and AMD Zen 4 and later).
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 in hardware (Linux's ``flags``; False where they cannot be read).
+
+    Without these instructions torch emulates bf16 through fp32 and autocast only adds casts.
+    """
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return not BF16_CPU_FLAGS.isdisjoint(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return False

@@ -46,3 +46,17 @@ def test_called_after_the_thread_pool_started_it_warns_and_says_so():
         pytest.skip("this torch build's threads took the mode anyway")
     assert flushing == "False"
     assert "not on all of torch's threads" in out.stderr
+
+
+def test_bf16_hardware_is_read_from_the_cpu_flags(tmp_path):
+    from ncf_core.runtime import cpu_has_bf16
+
+    def cpuinfo(flags: str):
+        path = tmp_path / "cpuinfo"
+        path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\n")
+        return str(path)
+
+    assert cpu_has_bf16(cpuinfo("avx2 avx512f avx512_bf16"))  # AMD Zen 4, Intel Cooper Lake
+    assert cpu_has_bf16(cpuinfo("avx512f amx_tile amx_bf16"))  # Intel Sapphire Rapids
+    assert not cpu_has_bf16(cpuinfo("avx2 avx512f avx512bw"))
+    assert not cpu_has_bf16(str(tmp_path / "missing"))
