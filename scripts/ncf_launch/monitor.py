@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .aws_client import (
     SERVE_INSTANCE_TYPE,
@@ -73,7 +74,11 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--endpoint", required=True, help=f"endpoint name (at most {MAX_ENDPOINT_NAME} chars)")
         q.add_argument("--region", help="AWS region (default: AWS_REGION / your profile)")
     create.add_argument(
-        "--baseline", required=True, metavar="S3_PREFIX", help="holds statistics.json and constraints.json"
+        "--baseline",
+        required=True,
+        metavar="S3_PREFIX|DIR",
+        help="holds statistics.json and constraints.json (a local DIR from `monitor baseline` is uploaded "
+        "to OUTPUT/NAME/baseline/)",
     )
     create.add_argument("--output", required=True, metavar="S3_URI", help="results go to OUTPUT/NAME/RUN/")
     create.add_argument("--capture", metavar="S3_URI", help="capture root (default: the endpoint's)")
@@ -116,9 +121,17 @@ def check_args(args: argparse.Namespace) -> None:
         check_role_arn(args.scheduler_role_arn)
     if args.max_violations < 0:
         raise UsageError(f"--max-violations must be 0 or more, got {args.max_violations}")
+    if not args.baseline.startswith("s3://"):
+        local = Path(args.baseline)
+        for name in ("statistics.json", "constraints.json"):
+            if not (local / name).is_file():
+                raise UsageError(
+                    f"--baseline {local} has no {name}: write it with `monitor baseline --output DIR`"
+                )
     for flag in ("baseline", "output", "capture"):
-        if getattr(args, flag):
-            parse_s3_uri(getattr(args, flag), f"--{flag}")
+        value = getattr(args, flag)
+        if value and (flag != "baseline" or value.startswith("s3://")):
+            parse_s3_uri(value, f"--{flag}")
     for arn in args.alarm_action:
         if not arn.startswith("arn:"):
             raise UsageError(f"--alarm-action {arn!r} is not an ARN (e.g. arn:aws:sns:REGION:ACCOUNT:TOPIC)")
@@ -234,6 +247,15 @@ def endpoint_capture(sm, endpoint: str) -> str | None:
     return capture.get("DestinationS3Uri") if capture.get("EnableCaptureSetting", True) else None
 
 
+def upload_baseline(aws: Aws, local: Path, prefix: str) -> str:
+    """Upload ``monitor baseline``'s two files to ``prefix``; returns it."""
+    bucket, key = parse_s3_uri(prefix, "--output")
+    for name in ("statistics.json", "constraints.json"):
+        say(f"PutObject {prefix}/{name}")
+        aws.client("s3").upload_file(str(local / name), bucket, f"{key.rstrip('/')}/{name}".lstrip("/"))
+    return prefix
+
+
 def check_baseline(aws: Aws, prefix: str) -> None:
     from botocore.exceptions import ClientError
 
@@ -271,8 +293,12 @@ def create(aws: Aws, args: argparse.Namespace) -> None:
             "(or pass --capture)"
         )
     check_bucket(aws, parse_s3_uri(capture, "--capture")[0])
-    check_baseline(aws, args.baseline)
     check_bucket(aws, parse_s3_uri(args.output, "--output")[0])
+    if not args.baseline.startswith("s3://"):  # checked above: a local directory with both files
+        args.baseline = upload_baseline(
+            aws, Path(args.baseline), f"{_uri(args.output)}/{args.endpoint}/baseline"
+        )
+    check_baseline(aws, args.baseline)
     image = args.image or default_image(aws, SERVE_REPOSITORY)
     if args.image:
         check_ecr_image(aws, image)

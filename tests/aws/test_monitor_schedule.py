@@ -168,3 +168,21 @@ def test_a_bad_window_length_is_refused(seconds):
 
     with pytest.raises(MonitorError, match="NCF_MONITOR_WINDOW_SECONDS must be a whole number"):
         aligned_window(datetime(2026, 12, 5, 14, 10, tzinfo=UTC), seconds)
+
+
+def test_a_local_baseline_directory_is_uploaded_beside_the_output(aws, tmp_path):
+    """`monitor baseline --output DIR`, then `monitor.sh create --baseline DIR`: no upload step of its own."""
+    deploy_with_capture(aws)
+    (tmp_path / "statistics.json").write_text('{"recommender": {}}')
+    refused(
+        aws.run("monitor", "create", "--endpoint", "ncf", "--baseline", str(tmp_path), "--output", OUTPUT),
+        "has no constraints.json: write it with `monitor baseline --output DIR`",
+    )
+    (tmp_path / "constraints.json").write_text('{"monitoring_config": {}}')
+    ok(aws.run("monitor", "create", "--endpoint", "ncf", "--baseline", str(tmp_path), "--output", OUTPUT))
+    key = "ncf/monitoring/ncf/baseline/statistics.json"
+    assert aws.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b'{"recommender": {}}'
+    scheduler, _ = clients(aws)
+    job = json.loads(scheduler.get_schedule(Name="ncf-monitor")["Target"]["Input"])
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in job["ProcessingInputs"]}
+    assert inputs["baseline"] == f"{OUTPUT}/ncf/baseline/"
