@@ -140,7 +140,7 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the training step (None: fp32).
 
     ``auto`` is bf16 where the hardware computes it: a CUDA device that supports it (NVIDIA's NCF: 34.1M
-    against 22.6M samples/s on an A100 with AMP), or a CPU with AMX or AVX512-BF16 (ML-1M epochs 1.46x
+    against 22.6M samples/s on an A100 with AMP), or a CPU with AMX or AVX512-BF16 (ML-1M epochs 1.45x
     faster on an AMD EPYC with AVX512-BF16, the same HR@10 / NDCG@10 over 3 seeds: docs/benchmarks.md,
     Precision); fp32 elsewhere, where bf16 would be emulated. ``fp16`` needs CUDA (and a gradient scaler,
     which the trainer adds).
