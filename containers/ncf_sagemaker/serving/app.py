@@ -86,6 +86,7 @@ READY_MARKER = "model-ready"
 _CUSTOM_ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 # What this app keeps in a request's ASGI scope: when the request arrived (and its id: ``_RID``).
 _START = "ncf.start"
+_HEADERS = "ncf.headers"
 
 Handle = Callable[[Scope, Receive], Awaitable[Reply]]
 
@@ -500,8 +501,12 @@ async def _drain(receive: Receive) -> None:
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
-    """The request's headers by (lower-case) name: one C-level pass over the ASGI list."""
-    return dict(scope["headers"])
+    """The request's headers by (lower-case) name: one C-level pass over the ASGI list, kept in the scope
+    (the request id and the invocation both read them)."""
+    headers = scope.get(_HEADERS)
+    if headers is None:
+        headers = scope[_HEADERS] = dict(scope["headers"])
+    return headers
 
 
 def _text(value: bytes | None) -> str | None:
