@@ -165,6 +165,7 @@ CAPTURE_DATASET_FORMAT = "sagemakerCaptureJson"
 CAPTURE_INDEX_NAMES = ("endpointInput", "endpointOutput")
 PROCESSING_ENDPOINT_DATA = "endpointdata"  # Model Monitor's example dataset_source
 PROCESSING_MONITOR_RESULTS = "resultdata"  # Model Monitor's example output_path
+PROCESSING_BASELINE = "baseline"  # `monitor baseline`'s output in a processing job (a pipeline step)
 MONITOR_STATISTICS = "statistics.json"
 MONITOR_CONSTRAINTS = "constraints.json"
 MONITOR_VIOLATIONS = "constraint_violations.json"

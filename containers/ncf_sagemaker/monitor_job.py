@@ -497,7 +497,9 @@ def run_baseline(args: argparse.Namespace, env: Mapping[str, str], overrides: di
         raise MonitorError(str(exc)) from None
     model = args.model or contract.processing_dir(contract.PROCESSING_MODEL)
     output = (
-        args.output or _path(env.get(contract.MONITOR_OUTPUT_PATH_ENV)) or contract.processing_dir("baseline")
+        args.output
+        or _path(env.get(contract.MONITOR_OUTPUT_PATH_ENV))
+        or contract.processing_dir(contract.PROCESSING_BASELINE)
     )
     statistics, constraints, report = baseline(
         model, args.users, args.k, args.candidates, args.pairs, args.head_fraction, limits

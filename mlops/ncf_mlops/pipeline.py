@@ -1,4 +1,9 @@
-"""The one pipeline: Train → Evaluate → CheckQuality → Register, or Fail with the figures that missed.
+"""The one pipeline: Train → Evaluate → CheckQuality → Baseline → Register, or Fail with the missed figures.
+
+Baseline runs the serving image's ``monitor baseline`` on the model that passed the gate (its answers on its
+own training users: docs/monitoring.md); Register records those two files as the package's model data
+quality (``ModelMetrics.ModelDataQuality``), where ``scripts/monitor.sh create`` finds the baseline of the
+model an endpoint serves.
 
 Built with ``--triton`` (``Settings.triton_image``), a passed gate also runs ExportTriton (the training
 image's ``python -m ncf_core export --packages``) and RegisterTriton (the ``ncf.tar.gz`` package on AWS's
@@ -26,6 +31,7 @@ DEFAULT_NAME = "ncf-pipeline"
 TRAIN_STEP = "Train"
 EVALUATE_STEP = "Evaluate"
 GATE_STEP = "CheckQuality"
+BASELINE_STEP = "Baseline"
 REGISTER_STEP = "Register"
 FAIL_STEP = "QualityGateFailed"
 EXPORT_TRITON_STEP = "ExportTriton"
@@ -35,6 +41,7 @@ TRITON_NAME = "ncf"  # export's --name: the package ncf.tar.gz, its entry ensemb
 TRITON_INFERENCE_INSTANCE_TYPES = ("ml.g4dn.xlarge", "ml.g5.xlarge", "ml.c5.xlarge", "ml.m5.xlarge")
 EVALUATION_PROPERTY_FILE = "EvaluationReport"
 EVALUATE_PROGRAM = "evaluate"  # the console script in the training image (pyproject.toml)
+MONITOR_PROGRAM = "monitor"  # the console script in the serving image (pyproject.toml)
 # What the serving image answers (containers/serve/README.md) and where a registered model may run.
 CONTENT_TYPES = ("application/json", "application/jsonlines", "text/csv")
 INFERENCE_INSTANCE_TYPES = (SERVE_INSTANCE_TYPE, "ml.m5.xlarge", "ml.c5.large", "ml.c5.xlarge")
@@ -179,6 +186,47 @@ def build(settings: Settings, session: Any = None) -> Any:
         for name in (hr_name, ndcg_name)
     )
 
+    # The model's own answers on its training users: what `monitor` compares a live endpoint with.
+    baseline_uri = Join(on="/", values=[settings.s3("baseline"), ExecutionVariables.PIPELINE_EXECUTION_ID])
+    baseliner = Processor(
+        role=settings.role_arn,
+        image_uri=settings.serve_image,
+        instance_count=1,
+        instance_type=param[P.EVAL_INSTANCE_TYPE],
+        entrypoint=[MONITOR_PROGRAM, "baseline"],
+        base_job_name="ncf-baseline",
+        sagemaker_session=session,
+    )
+    baseline = ProcessingStep(
+        name=BASELINE_STEP,
+        step_args=baseliner.run(
+            inputs=[
+                ProcessingInput(
+                    input_name=contract.PROCESSING_MODEL,
+                    source=model_data,
+                    destination=contract.processing_container_path(contract.PROCESSING_MODEL),
+                )
+            ],
+            outputs=[
+                ProcessingOutput(
+                    output_name=contract.PROCESSING_BASELINE,
+                    source=contract.processing_container_path(contract.PROCESSING_BASELINE),
+                    destination=baseline_uri,
+                )
+            ],
+            arguments=["--k", str(P.GATE_K)],
+        ),
+    )
+    data_quality = {
+        f"model_data_{kind}": MetricsSource(
+            content_type="application/json", s3_uri=Join(on="/", values=[baseline_uri, name])
+        )
+        for kind, name in (
+            ("statistics", contract.MONITOR_STATISTICS),
+            ("constraints", contract.MONITOR_CONSTRAINTS),
+        )
+    }
+
     model = Model(
         image_uri=settings.serve_image,
         model_data=model_data,
@@ -200,10 +248,13 @@ def build(settings: Settings, session: Any = None) -> Any:
                 model_statistics=MetricsSource(
                     content_type="application/json",
                     s3_uri=Join(on="/", values=[evaluation_uri, contract.EVALUATION_REPORT]),
-                )
+                ),
+                **data_quality,
             ),
-            description=f"NCF recommender; HR@{P.GATE_K} and NDCG@{P.GATE_K} in its model statistics",
+            description=f"NCF recommender; HR@{P.GATE_K} and NDCG@{P.GATE_K} in its model statistics, "
+            "its monitoring baseline in its model data quality",
         ),
+        depends_on=[baseline],
     )
     message = [f"quality gate failed: {hr_name}=", hr, f" (minimum {P.MIN_HR}=", param[P.MIN_HR], "), "]
     message += [f"{ndcg_name}=", ndcg, f" (minimum {P.MIN_NDCG}=", param[P.MIN_NDCG], ")"]
@@ -214,7 +265,11 @@ def build(settings: Settings, session: Any = None) -> Any:
             ConditionGreaterThanOrEqualTo(left=hr, right=param[P.MIN_HR]),
             ConditionGreaterThanOrEqualTo(left=ndcg, right=param[P.MIN_NDCG]),
         ],
-        if_steps=[register, *triton_steps(settings, session, param, model_data, evaluation_uri, local)],
+        if_steps=[
+            baseline,
+            register,
+            *triton_steps(settings, session, param, model_data, evaluation_uri, local),
+        ],
         else_steps=[fail],
     )
     return Pipeline(

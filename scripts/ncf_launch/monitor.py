@@ -1,7 +1,7 @@
 """scripts/monitor.sh: run the `monitor` analysis of an endpoint's data capture every hour, with alarms.
 
-    scripts/monitor.sh create --endpoint ncf --baseline s3://BUCKET/ncf/baseline/ \\
-        --output s3://BUCKET/ncf/monitoring [--alarm-action SNS_TOPIC_ARN]
+    scripts/monitor.sh create --endpoint ncf --output s3://BUCKET/ncf/monitoring \\
+        [--baseline S3_PREFIX|DIR] [--alarm-action SNS_TOPIC_ARN]
     scripts/monitor.sh status --endpoint ncf [--last 5]
     scripts/monitor.sh delete --endpoint ncf
 
@@ -9,7 +9,8 @@ create: an EventBridge Scheduler schedule NAME-monitor, at ten past every hour (
 whose target is the universal target sagemaker:createProcessingJob: a processing job
 NAME-mon-<execution id> on the serving image (entrypoint `monitor --put-metric-data`) reading the
 endpoint's capture (CAPTURE/NAME/, CAPTURE = the endpoint's DataCaptureConfig by default) and the baseline
-prefix (statistics.json, constraints.json, from `monitor baseline`), with end_time = the scheduled time and
+prefix (statistics.json, constraints.json, from `monitor baseline`; by default the one registered with the
+model package the endpoint serves, by the pipeline's Baseline step), with end_time = the scheduled time and
 NCF_MONITOR_WINDOW_SECONDS=3600 (the window: the last full clock hour), writing to OUTPUT/NAME/<execution
 id>/. Then two CloudWatch alarms on the metrics the job puts (namespace /aws/sagemaker/Endpoint/data-metrics,
 dimensions Endpoint=NAME, MonitoringSchedule=NAME-monitor): NAME-monitor-violations (violations above
@@ -75,10 +76,10 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--region", help="AWS region (default: AWS_REGION / your profile)")
     create.add_argument(
         "--baseline",
-        required=True,
         metavar="S3_PREFIX|DIR",
         help="holds statistics.json and constraints.json (a local DIR from `monitor baseline` is uploaded "
-        "to OUTPUT/NAME/baseline/)",
+        "to OUTPUT/NAME/baseline/); default: the baseline registered with the model package the endpoint "
+        "serves (its ModelDataQuality, written by the pipeline's Baseline step)",
     )
     create.add_argument("--output", required=True, metavar="S3_URI", help="results go to OUTPUT/NAME/RUN/")
     create.add_argument("--capture", metavar="S3_URI", help="capture root (default: the endpoint's)")
@@ -121,7 +122,7 @@ def check_args(args: argparse.Namespace) -> None:
         check_role_arn(args.scheduler_role_arn)
     if args.max_violations < 0:
         raise UsageError(f"--max-violations must be 0 or more, got {args.max_violations}")
-    if not args.baseline.startswith("s3://"):
+    if args.baseline and not args.baseline.startswith("s3://"):
         local = Path(args.baseline)
         for name in ("statistics.json", "constraints.json"):
             if not (local / name).is_file():
@@ -130,7 +131,7 @@ def check_args(args: argparse.Namespace) -> None:
                 )
     for flag in ("baseline", "output", "capture"):
         value = getattr(args, flag)
-        if value and (flag != "baseline" or value.startswith("s3://")):
+        if value and (flag != "baseline" or value.startswith("s3://")):  # a local --baseline: checked above
             parse_s3_uri(value, f"--{flag}")
     for arn in args.alarm_action:
         if not arn.startswith("arn:"):
@@ -247,6 +248,44 @@ def endpoint_capture(sm, endpoint: str) -> str | None:
     return capture.get("DestinationS3Uri") if capture.get("EnableCaptureSetting", True) else None
 
 
+def served_baseline(sm, endpoint: str) -> str:
+    """The baseline prefix registered with the model package the endpoint's first variant serves.
+
+    The pipeline's Baseline step writes ``monitor baseline``'s files and its Register step records them as
+    the package's ``ModelMetrics.ModelDataQuality``: so the schedule compares the endpoint with the model
+    it actually serves, not with whichever baseline was made last. With a canary, the first variant (the
+    primary) is the reference.
+    """
+    config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    variant = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"][0]
+    model = sm.describe_model(ModelName=variant["ModelName"])
+    container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+    package = container.get("ModelPackageName")
+    if not package:
+        raise UsageError(
+            f"endpoint {endpoint} serves model {variant['ModelName']}, not a registered model package, so "
+            "it has no registered baseline: pass --baseline (a DIR from `monitor baseline --model "
+            "model.tar.gz --output DIR`, or an S3 prefix holding its files)"
+        )
+    quality = (
+        sm.describe_model_package(ModelPackageName=package)
+        .get("ModelMetrics", {})
+        .get("ModelDataQuality", {})
+    )
+    uris = [quality.get(kind, {}).get("S3Uri", "") for kind in ("Statistics", "Constraints")]
+    prefixes = {uri.rpartition("/")[0] for uri in uris}
+    names = [uri.rpartition("/")[2] for uri in uris]
+    if not all(uris) or len(prefixes) != 1 or names != ["statistics.json", "constraints.json"]:
+        raise UsageError(
+            f"endpoint {endpoint} serves {package}, which has no monitoring baseline (ModelDataQuality "
+            "statistics.json and constraints.json under one prefix; the pipeline's Baseline step registers "
+            "them): pass --baseline"
+        )
+    (prefix,) = prefixes
+    say(f"baseline of {package}: {prefix}/")
+    return prefix
+
+
 def upload_baseline(aws: Aws, local: Path, prefix: str) -> str:
     """Upload ``monitor baseline``'s two files to ``prefix``; returns it."""
     bucket, key = parse_s3_uri(prefix, "--output")
@@ -294,7 +333,9 @@ def create(aws: Aws, args: argparse.Namespace) -> None:
         )
     check_bucket(aws, parse_s3_uri(capture, "--capture")[0])
     check_bucket(aws, parse_s3_uri(args.output, "--output")[0])
-    if not args.baseline.startswith("s3://"):  # checked above: a local directory with both files
+    if not args.baseline:
+        args.baseline = served_baseline(sm, args.endpoint)
+    elif not args.baseline.startswith("s3://"):  # checked above: a local directory with both files
         args.baseline = upload_baseline(
             aws, Path(args.baseline), f"{_uri(args.output)}/{args.endpoint}/baseline"
         )

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.support.moto import BUCKET, ROLE, Aws, ok, refused
+from tests.support.moto import BUCKET, REGISTRY, ROLE, Aws, ok, refused
 
 CAPTURE = f"s3://{BUCKET}/ncf/capture"
 BASELINE = f"s3://{BUCKET}/ncf/baseline"
@@ -186,3 +186,63 @@ def test_a_local_baseline_directory_is_uploaded_beside_the_output(aws, tmp_path)
     job = json.loads(scheduler.get_schedule(Name="ncf-monitor")["Target"]["Input"])
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in job["ProcessingInputs"]}
     assert inputs["baseline"] == f"{OUTPUT}/ncf/baseline/"
+
+
+def deploy_package(aws: Aws, baseline: str | None) -> str:
+    """An approved package as the pipeline registers it (with its Baseline step's files when given), deployed
+    with data capture by deploy.sh --model-package-group."""
+    aws.push_fake_image("ncf-serve")
+    group = "ncf-models"
+    aws.sm.create_model_package_group(ModelPackageGroupName=group)
+    quality = {
+        kind: {"ContentType": "application/json", "S3Uri": f"{baseline}/{name}"}
+        for kind, name in (("Statistics", "statistics.json"), ("Constraints", "constraints.json"))
+    }
+    arn = aws.sm.create_model_package(
+        ModelPackageGroupName=group,
+        ModelApprovalStatus="Approved",
+        InferenceSpecification={
+            "Containers": [
+                {"Image": f"{REGISTRY}/ncf-serve:latest", "ModelDataUrl": aws.put("m/model.tar.gz")}
+            ],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+        **({"ModelMetrics": {"ModelDataQuality": quality}} if baseline else {}),
+    )["ModelPackageArn"]
+    args = ["--endpoint", "ncf", "--model-package-group", group, "--data-capture", CAPTURE]
+    ok(aws.run("deploy", *args))
+    return arn
+
+
+def test_the_baseline_defaults_to_the_one_registered_with_the_served_package(aws):
+    registered = f"s3://{BUCKET}/ncf/pipeline/baseline/exec1"
+    arn = deploy_package(aws, registered)
+    aws.put("ncf/pipeline/baseline/exec1/statistics.json", b"{}")
+    aws.put("ncf/pipeline/baseline/exec1/constraints.json", b"{}")
+    proc = aws.run("monitor", "create", "--endpoint", "ncf", "--output", OUTPUT)
+    ok(proc)
+    assert f"baseline of {arn}: {registered}/" in proc.stderr
+    scheduler, _ = clients(aws)
+    job = json.loads(scheduler.get_schedule(Name="ncf-monitor")["Target"]["Input"])
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in job["ProcessingInputs"]}
+    assert inputs["baseline"] == f"{registered}/"
+
+
+@pytest.mark.parametrize(
+    ("deployed", "message"),
+    [
+        ("model-data", "serves model ncf-"),
+        ("package-without-baseline", "which has no monitoring baseline (ModelDataQuality"),
+        ("baseline-files-missing", "has no statistics.json"),
+    ],
+)
+def test_without_a_baseline_to_find_create_is_refused(aws, deployed, message):
+    if deployed == "model-data":
+        deploy_with_capture(aws)
+    else:
+        deploy_package(aws, f"s3://{BUCKET}/gone" if deployed == "baseline-files-missing" else None)
+    refused(aws.run("monitor", "create", "--endpoint", "ncf", "--output", OUTPUT), message)
+    scheduler, cloudwatch = clients(aws)
+    assert scheduler.list_schedules()["Schedules"] == []
+    assert cloudwatch.describe_alarms()["MetricAlarms"] == []

@@ -106,7 +106,7 @@ def test_definition_is_printed_without_credentials_or_network(aws):
         ("GreaterThanOrEqualTo", "metrics.hr_at_10.value", {"Get": "Parameters.MinHrAt10"}),
         ("GreaterThanOrEqualTo", "metrics.ndcg_at_10.value", {"Get": "Parameters.MinNdcgAt10"}),
     ]
-    assert [s["Name"] for s in gate["IfSteps"]] == ["Register-RegisterModel"]
+    assert [s["Name"] for s in gate["IfSteps"]] == ["Baseline", "Register-RegisterModel"]
     assert [s["Name"] for s in gate["ElseSteps"]] == ["QualityGateFailed"]
 
     register = steps["Register-RegisterModel"]["Arguments"]
@@ -120,6 +120,25 @@ def test_definition_is_printed_without_credentials_or_network(aws):
     statistics = register["ModelMetrics"]["ModelQuality"]["Statistics"]
     assert statistics["ContentType"] == "application/json"
     assert statistics["S3Uri"]["Std:Join"]["Values"][-1] == "evaluation.json"
+    # the monitoring baseline: the serving image's `monitor baseline` on the model that passed the gate,
+    # recorded as the package's model data quality (where monitor.sh create finds it)
+    baseline = steps["Baseline"]["Arguments"]
+    assert baseline["AppSpecification"]["ImageUri"] == container["Image"]
+    assert baseline["AppSpecification"]["ContainerEntrypoint"] == ["monitor", "baseline"]
+    (model_input,) = baseline["ProcessingInputs"]
+    assert model_input["S3Input"]["S3Uri"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
+    assert model_input["S3Input"]["LocalPath"] == "/opt/ml/processing/model"
+    (written,) = baseline["ProcessingOutputConfig"]["Outputs"]
+    assert written["S3Output"]["LocalPath"] == "/opt/ml/processing/baseline"
+    prefix = written["S3Output"]["S3Uri"]["Std:Join"]["Values"]
+    assert prefix == [f"s3://{BUCKET}/ncf/pipeline/baseline", {"Get": "Execution.PipelineExecutionId"}]
+    quality = register["ModelMetrics"]["ModelDataQuality"]
+    for kind, name in (("Statistics", "statistics.json"), ("Constraints", "constraints.json")):
+        assert quality[kind]["S3Uri"]["Std:Join"]["Values"] == [
+            {"Std:Join": {"On": "/", "Values": prefix}},
+            name,
+        ]
+    assert steps["Register-RegisterModel"]["DependsOn"] == ["Baseline"]
 
     message = json.dumps(steps["QualityGateFailed"]["Arguments"]["ErrorMessage"])
     for fragment in ("hr_at_10=", "metrics.hr_at_10.value", "Parameters.MinHrAt10", "ndcg_at_10="):

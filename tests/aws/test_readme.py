@@ -9,8 +9,10 @@ them is only what moto or this machine cannot do, each said where it happens:
 - moto's CloudFormation skips AWS::SageMaker::ModelPackageGroup: the group is created as the stack would;
 - the Docker blocks (image builds, docker-compose) are tests/container/test_readme_docker.py's: here the
   images are registered in moto's ECR as build_and_push.sh would have pushed them;
-- moto runs no job or pipeline: the training job's model.tar.gz and the version the pipeline's Register step
-  makes are written as they would be, and the endpoint's answers are canned.
+- moto runs no job or pipeline: the training job's model.tar.gz, the Baseline step's files (the real
+  `monitor baseline` of the model the local block trained) and the version the Register step makes are
+  written as they would be, and the endpoint's answers are canned; moto's scheduler never fires, so
+  `monitor.sh status` has no runs yet (tests/aws/test_monitor_schedule.py fires one).
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ def seed_download(data_dir) -> None:
     (target / ".ncf-download.json").write_text(json.dumps({"name": "ml-100k", "seeded_by": __name__}))
 
 
+def run_baseline(model_dir, output) -> list:
+    """The pipeline's Baseline step, here: the serving image's `monitor baseline` on the model."""
+    proc = subprocess.run(
+        ["monitor", "baseline", "--model", str(model_dir), "--output", str(output), "--users", "200"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [output / "statistics.json", output / "constraints.json"]
+
+
 @pytest.mark.parametrize("data", ["raw", "ncf"])
 def test_readme_path_in_order(aws, tmp_path, data):
     path = R.path(data)
@@ -56,7 +69,11 @@ def test_readme_path_in_order(aws, tmp_path, data):
     env = {k: v for k, v in aws.env.items() if k not in ("SAGEMAKER_ROLE_ARN", "BUCKET")}
     shell = R.Shell(tmp_path / "clone", env | {"NCF_SERVE_PORT": str(free_port())})
     seed_download(shell.work / "data")
-    set_endpoint_results(aws, *[ANSWER] * 4)
+    set_endpoint_results(aws, *[ANSWER] * 40)  # invoke.sh twice, smoke_test.sh's warm-up and 20 requests
+    scheduler, cloudwatch, scaling = (
+        aws.session.client(name, endpoint_url=aws.server.url)
+        for name in ("scheduler", "cloudwatch", "application-autoscaling")
+    )
 
     for block in path:
         if block.docker:
@@ -100,9 +117,14 @@ def test_readme_path_in_order(aws, tmp_path, data):
             ]
             given = aws.sm.describe_pipeline_execution(PipelineExecutionArn=execution["PipelineExecutionArn"])
             assert given["PipelineExecutionStatus"] == "Succeeded"
-            # what the execution's Register step makes when the gate passes (moto runs no step)
+            # what the execution's Baseline and Register steps make when the gate passes (moto runs no
+            # step): the real `monitor baseline` of a real model (the one the local block trained)
             model = f"s3://{bucket}/ncf/pipeline/models/run1/output/model.tar.gz"
             aws.s3.put_object(Bucket=bucket, Key=model.split("/", 3)[3], Body=b"x")
+            baseline = f"s3://{bucket}/ncf/pipeline/baseline/run1"
+            written = run_baseline(shell.work / "models" / "local" / "model", shell.work / "baseline")
+            for path in written:
+                aws.s3.upload_file(str(path), bucket, f"ncf/pipeline/baseline/run1/{path.name}")
             registered = aws.sm.create_model_package(
                 ModelPackageGroupName=group,
                 InferenceSpecification={
@@ -111,6 +133,12 @@ def test_readme_path_in_order(aws, tmp_path, data):
                     "SupportedResponseMIMETypes": ["application/json"],
                 },
                 ModelApprovalStatus="PendingManualApproval",
+                ModelMetrics={
+                    "ModelDataQuality": {
+                        kind: {"ContentType": "application/json", "S3Uri": f"{baseline}/{path.name}"}
+                        for kind, path in zip(("Statistics", "Constraints"), written, strict=True)
+                    }
+                },
             )["ModelPackageArn"]
         elif block.id == "approve":
             assert shell.var("MODEL_PACKAGE_ARN") == registered
@@ -123,9 +151,26 @@ def test_readme_path_in_order(aws, tmp_path, data):
         elif block.id == "operate":
             capture = aws.sm.describe_endpoint(EndpointName="ncf")["DataCaptureConfig"]
             assert capture["DestinationS3Uri"] == f"s3://{bucket}/ncf/capture"
+            (target,) = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+            assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == (
+                "endpoint/ncf/variant/primary",
+                1,
+                4,
+            )
+            job = json.loads(scheduler.get_schedule(Name="ncf-monitor")["Target"]["Input"])
+            inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in job["ProcessingInputs"]}
+            assert inputs["baseline"] == f"{baseline}/"  # the served package's, found by monitor.sh
+            alarms = {a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]}
+            assert alarms == {"ncf-monitor-violations", "ncf-monitor-not-running"}
+            assert "schedule ncf-monitor ENABLED" in out.splitlines()  # monitor.sh status
+            assert not [line for line in out.splitlines() if line.startswith("run ")]  # none yet
+            assert re.search(r"^users\.json: 21 requests, 0 errors", out, re.M), out  # smoke_test.sh
         elif block.id == "cleanup":
             assert aws.sm.list_endpoints()["Endpoints"] == []
             assert aws.sm.list_models()["Models"] == []
+            assert scheduler.list_schedules()["Schedules"] == []
+            assert cloudwatch.describe_alarms()["MetricAlarms"] == []
+            assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
 
 
 def test_every_readme_bash_block_is_marked_and_each_step_has_both_data_sources():

@@ -104,7 +104,7 @@ def test_local_pipeline_passes_the_gate_and_registers(aws: Aws, sh, uploaded):
     steps = step_lines(proc.stdout)
     (execution,) = [k for k in steps if k.startswith("execution ")]
     assert re.fullmatch(r"Succeeded in [0-9.]+ s", steps[execution])
-    for name in ("Train", "Evaluate", "Register-CreateModel"):
+    for name in ("Train", "Evaluate", "Baseline", "Register-CreateModel"):
         assert re.fullmatch(r"Succeeded in [0-9.]+ s", steps[name]), steps
     assert re.fullmatch(r"Succeeded in [0-9.]+ s \(outcome True\)", steps["CheckQuality"])
     assert "QualityGateFailed" not in steps
@@ -128,6 +128,17 @@ def test_local_pipeline_passes_the_gate_and_registers(aws: Aws, sh, uploaded):
     )["metrics"]
     assert report["users_evaluated"]["value"] == 943
     assert report["hr_at_10"]["value"] >= 0.3 and report["ndcg_at_10"]["value"] >= 0.15
+    # The Baseline step ran the serving image's `monitor baseline`; the package points at its two files.
+    quality = package["ModelMetrics"]["ModelDataQuality"]
+    baseline = f"s3://{BUCKET}/ncf/pipeline/baseline/{execution.split()[1]}"
+    assert quality["Statistics"]["S3Uri"] == f"{baseline}/statistics.json"
+    assert quality["Constraints"]["S3Uri"] == f"{baseline}/constraints.json"
+    statistics = json.loads(
+        aws.s3.get_object(Bucket=BUCKET, Key=f"{baseline.removeprefix(f's3://{BUCKET}/')}/statistics.json")[
+            "Body"
+        ].read()
+    )
+    assert len(statistics["recommender"]["known_ids"]["users"]) == 943
 
     listing = ok(sh(f"scripts/registry.sh list --group {GROUP}"))
     assert listing[0].split("\t")[:2] == ["1", "PendingManualApproval"]
