@@ -125,7 +125,9 @@ def register_request(settings: Settings, execution: Any, session: Any) -> dict:
     with no_instance_metadata():
         deployed = build(settings)
         (gate,) = [s for s in deployed.steps if s.name == GATE_STEP]
-        (step,) = [s for branch in gate.if_steps for s in branch.steps if s.name == REGISTER_REQUEST_STEP]
+        # A ModelStep is a collection of steps (its RegisterModel among them); the others are steps.
+        flat = [s for branch in gate.if_steps for s in getattr(branch, "steps", [branch])]
+        (step,) = [s for s in flat if s.name == REGISTER_REQUEST_STEP]
         arguments = step.arguments
     evaluator = LocalPipelineExecutor(execution, session)
     return evaluator._parse_arguments(arguments, REGISTER_REQUEST_STEP)
