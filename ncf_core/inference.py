@@ -24,10 +24,8 @@ costs only the small upper layers):
 The numpy backend is checked against the torch network when the model loads; a disagreement is an error,
 not a silent fallback. Scorers return float32 logits in fresh arrays the caller may modify.
 
-Precision (``pick_precision``): ``fp32`` everywhere unless ``bf16`` is asked for. ``auto`` is fp32: on
-this project's CPU (AVX512-BF16) the bf16 scorer was measured against the numpy fp32 one
-(docs/benchmarks.md, Precision) and did not earn the switch; on CUDA it is unmeasured, and serving's
-GPU path promises the same top-K as the CPU's fp32, which bf16 (about 3 significant digits) breaks.
+Precision (``pick_precision``): ``fp32`` everywhere unless ``bf16`` is asked for; ``auto`` is fp32 (why:
+``pick_precision``).
 """
 
 from __future__ import annotations
@@ -425,11 +423,13 @@ def build_scorer(model: NCF, backend: str, dtype: torch.dtype = torch.float32) -
 def pick_precision(name: str, device: torch.device) -> torch.dtype:
     """The scorer's dtype for ``precision`` (``fp32``, ``bf16``, ``auto``) on ``device``.
 
-    ``auto`` is fp32 on every device. On a CPU with AVX512-BF16 (AMD EPYC, 2 cores, 2026-12-05) the bf16
-    torch scorer agreed with fp32 on 99.x% of the ML-1M all-items top-10 positions but was not faster than
-    the numpy fp32 scorer (docs/benchmarks.md, Precision), so it is not chosen; on CUDA bf16 is unmeasured
-    and serving's GPU path promises the CPU's fp32 top-K, which bf16 would not keep. ``bf16`` on a CUDA
-    device without it is refused, as is any other name.
+    ``auto`` is fp32 on every device. bf16 is allowed only where it is faster *and* its all-items top-10
+    lists agree with fp32's in at least 99% of positions. On a CPU with AVX512-BF16 (AMD EPYC, 2 cores,
+    2026-12-05; docs/benchmarks.md, Precision) it was faster (server CPU per all-items request 7% lower,
+    in-process 1.33x the fp32 torch scorer) but agreed on 98.90% of the ML-1M positions (6,040 users), so
+    it is not chosen. On CUDA it is unmeasured, and serving's GPU path promises the CPU's fp32 top-K,
+    which bf16 (8 significant bits) would not keep: fp32 there too. ``bf16`` on a CUDA device without it
+    is refused, as is any name but these three.
     """
     check_scoring_precision(name)
     if name != "bf16":
