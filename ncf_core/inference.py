@@ -11,9 +11,9 @@ projection through the first MLP layer, computed once per table at load, so a us
 costs only the small upper layers):
 
 - ``TorchScorer`` runs the network's head on those tables on the model's device (CUDA, and the
-  reference the other backend is checked against). It also ranks on the device: all-items top-K for a
-  chunk of users is one batched ``torch.topk`` with the excluded history masked there, so only K
-  indices and scores per user come back to the host. With ``precision=bf16`` it runs the upper MLP
+  reference the other backend is checked against). It also ranks on the device: top-K for a chunk of
+  users is one batched scoring and one stable sort there, with the excluded history masked there too,
+  so only K indices and scores per user come back to the host. With ``precision=bf16`` it runs the upper MLP
   layers in bf16, where the work is (the tables and the logit stay fp32);
 - ``NumpyScorer`` (the CPU default) copies the tables and the upper layers into numpy. A request then
   costs one gather and a few matmuls, without torch's per-op overhead (microseconds an op), which
@@ -59,8 +59,8 @@ BACKENDS = ("auto", "numpy", "torch")
 _ASCII_INT = re.compile(r"-?[0-9]{1,19}")
 # float32 tables against the float32 network: same maths in another order, so ~1e-6 apart.
 SELF_CHECK_TOLERANCE = 1e-4
-# bf16 tables and weights against the float32 network: bf16 keeps 8 significant bits (~0.4% a value), and
-# a logit sums a few hundred such products through three layers. Loose enough for that, tight enough to
+# bf16 upper layers against the float32 network: bf16 keeps 8 significant bits (~0.4% a value), and a
+# logit sums a few hundred such products through up to seven layers. Loose enough for that, tight enough to
 # catch a wrong table or layer (which moves logits by whole units).
 BF16_CHECK_TOLERANCE = 0.1
 
