@@ -2,6 +2,7 @@
 
     python benchmarks/serve_bench.py --model-dir /tmp/ml1m-neumf          # trains it first if missing
     python benchmarks/serve_bench.py --duration 5 --native-blas            # quick run, OpenBLAS's own kernel
+    python benchmarks/serve_bench.py --precisions fp32,bf16 --rounds 2     # all-items only, NCF_PRECISION A/B
 
 Measures, against a real server process on a loopback port:
 
@@ -16,6 +17,10 @@ Load generator: ``wrk`` (Debian package; C, event loop, ~15 µs of CPU per reque
 or this file's own asyncio client when wrk is missing (costs more CPU: the JSON says which was used).
 The client shares the machine's cores with the server, as the targets assume. The JSON also reports the
 machine's load before the run: other work on the cores lowers every figure.
+
+``--precisions fp32,bf16`` compares scorer precisions instead: for each of ``--rounds`` rounds, a fresh
+server per precision (``NCF_PRECISION``, in turn, so that other work on the cores slows each alike) and
+the all-items test alone; the JSON holds each round's figures, the means and their ratio to the first.
 
 ``--native-blas`` unsets ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` for the server alone: this host pins
 an older OpenBLAS kernel (Haswell) for old builds' sake, which slows numpy's matmuls; images don't set it.
@@ -331,6 +336,48 @@ def machine_load(seconds: float = 1.0) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- main
+def all_items(client: str, port: int, pid: int, clients: int, seconds: int, work: Path) -> dict[str, Any]:
+    """The all-items top-10 load test (users rotate) with the server's CPU per request."""
+    if client == "wrk":
+        script = work / "bench.lua"
+        script.write_text(WRK_SCRIPT)
+        return with_server_cpu(pid, lambda: run_wrk(port, clients, seconds, None, NUM_USERS, script))
+    bodies = [json.dumps({"users": [u], "k": 10}).encode() for u in range(0, NUM_USERS, 7)]
+    return with_server_cpu(pid, lambda: run_python_client(port, clients, seconds, bodies))
+
+
+def compare_precisions(args: argparse.Namespace, client: str, result: dict[str, Any]) -> None:
+    """All-items top-10 against a fresh server per precision, alternating for ``args.rounds`` rounds."""
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    rounds: list[dict[str, Any]] = []
+    for number in range(1, args.rounds + 1):
+        for precision in precisions:
+            work = Path(tempfile.mkdtemp(prefix="ncf-serve-bench-"))
+            port = free_port()
+            env = {"NCF_PRECISION": precision}
+            proc, _ = start_server(
+                args.model_dir, port, args.native_blas, work / "server.log", args.workers, env
+            )
+            try:
+                run = all_items(client, port, proc.pid, args.clients, args.duration, work)
+                log = (work / "server.log").read_text().splitlines()
+                scorer = next((line for line in log if " scorer in " in line), "")
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+                shutil.rmtree(work, ignore_errors=True)
+            rounds.append(
+                {"round": number, "precision": precision, "scorer": scorer.split(": ", 1)[-1], **run}
+            )
+    result["precision_rounds"] = rounds
+    means = {
+        p: round(sum(r["req_per_s"] for r in rounds if r["precision"] == p) / args.rounds, 1)
+        for p in precisions
+    }
+    result["all_items_req_per_s_mean"] = means
+    result["ratio_to_" + precisions[0]] = {p: round(means[p] / means[precisions[0]], 3) for p in precisions}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/ml1m-neumf"))
@@ -339,6 +386,8 @@ def main() -> None:
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--native-blas", action="store_true", help="unset OPENBLAS_CORETYPE for the server")
     parser.add_argument("--workers", type=int, help="server worker processes (default: serve's own)")
+    parser.add_argument("--precisions", help="e.g. fp32,bf16: compare NCF_PRECISION on all-items top-10 only")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --precisions (alternating)")
     args = parser.parse_args()
 
     result: dict[str, Any] = {"model_dir": str(args.model_dir), **ensure_model(args.model_dir)}
@@ -352,6 +401,11 @@ def main() -> None:
         k: v for k, v in os.environ.items() if k.startswith(("SAGEMAKER_", "NCF_")) and k != "NCF_DATA_DIR"
     }
     result["conditions"] = machine_load()
+    if args.precisions:
+        compare_precisions(args, client, result)
+        result["conditions_after"] = machine_load()
+        print(json.dumps(result, indent=2))
+        return
 
     work = Path(tempfile.mkdtemp(prefix="ncf-serve-bench-"))
     port = free_port()

@@ -33,6 +33,9 @@ PRETRAIN_PARTS: tuple[str, ...] = ("gmf", "mlp")
 MAX_LAYERS = 8  # MLP tower depth: the first layer is factor * 2**num_layers wide
 EMBEDDING_UPDATES: tuple[str, ...] = ("auto", "dense", "lazy")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The scorer's (``ncf_core.inference``; serving's NCF_PRECISION): no fp16, which needs a loss scale to train
+# and gains nothing over bf16 at inference.
+SCORING_PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_TOP_K = 10  # K of HR@K / NDCG@K, and the default length of a recommendation list
 NUM_EVAL_NEGATIVES = 99  # negatives each held-out item is ranked against (He et al. 2017)
 PLATFORM_HP_PREFIX = "sagemaker_"  # hyperparameters starting with it belong to the SageMaker platform
@@ -87,6 +90,20 @@ def check_network(model: str, factor: int, num_layers: int, dropout: float) -> N
         raise ConfigError(f"num_layers must be between 1 and {MAX_LAYERS}, got {num_layers}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def check_scoring_precision(name: str) -> str:
+    """The one check of a scorer precision (the Recommender's, serving's NCF_PRECISION); returns it."""
+    if name not in SCORING_PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(SCORING_PRECISIONS)}, got {name!r}")
+    return name
+
+
+def check_device(name: str) -> str:
+    """The one check of a device name (training's ``device``, serving's NCF_DEVICE); returns it."""
+    if not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", name)):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return name
 
 
 def check_pretraining(model: str) -> None:

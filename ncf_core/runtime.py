@@ -20,6 +20,10 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("ncf_core.runtime")
 
@@ -80,6 +84,19 @@ def flush_denormals() -> bool:
             "started before ncf_core.runtime.flush_denormals was called): call it first in the program"
         )
     return _flushing
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The torch device for ``name`` (``auto``: CUDA when a GPU is visible; training's and serving's)."""
+    import torch
+
+    from .errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
 
 
 # CPU features with bf16 matrix arithmetic (Intel AMX, AVX512-BF16 on Intel and AMD Zen 4 and later).

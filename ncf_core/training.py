@@ -32,7 +32,7 @@ from .evaluation import Metrics, evaluate
 from .health import TensorHealth, network_health, warn_if_dying
 from .lazy_adam import LazyAdam
 from .models import NCF, ModelConfig
-from .runtime import cpu_has_bf16, flush_denormals, tune_allocator
+from .runtime import cpu_has_bf16, flush_denormals, pick_device, tune_allocator
 from .sampling import PositiveSet, sample_negatives
 
 log = logging.getLogger("ncf_core.training")
@@ -126,14 +126,6 @@ class RateMeter:
         )
         self.average = (samples - self.start_samples) / (now_s - self.start_s)
         self.last_s, self.last_samples = now_s, samples
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def pick_precision(name: str, device: torch.device) -> torch.dtype | None:

@@ -3,11 +3,13 @@ calls, user overrides from ``code/inference.py``, and model health."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
+import torch
 
 from ncf_core.inference import Recommender
 from ncf_sagemaker.serving import handler as handler_module
@@ -223,3 +225,43 @@ def test_the_documented_custom_output_fn_works_as_written(model_dir, tmp_path, r
     reply = invoke(model, orjson.dumps({"users": users, "k": 3}), "application/json", ctx())
     answer = orjson.loads(reply.body)["answer"]
     assert answer == {str(u): rec.recommend(u, 3).items for u in users}
+
+
+# --------------------------------------------------------------------------------------------- the scorer
+@pytest.fixture
+def scoring(monkeypatch):
+    """Restores the process's scorer settings after the test."""
+    monkeypatch.setattr(handler_module, "_scoring", handler_module._scoring)
+    return handler_module
+
+
+def test_model_fn_scores_in_the_precision_and_on_the_device_it_is_given(model_dir, scoring):
+    assert handler_module.model_fn(model_dir).precision == "fp32"  # auto, on every device
+    scoring.use_scoring(scoring.Scoring("cpu", "bf16"))
+    rec = handler_module.model_fn(model_dir)
+    assert (rec.backend, rec.precision, rec.device.type) == ("torch", "bf16", "cpu")
+    handler_module.warmup_fn(rec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is visible")
+def test_a_cuda_device_without_a_gpu_fails_the_load_with_the_reason(model_dir, scoring):
+    scoring.use_scoring(scoring.Scoring("cuda", "auto"))
+    model = ServedModel(model_dir)
+    assert not model.load() and model.state == FAILED
+    assert "CUDA is not available" in model.health()[1]
+
+
+def test_the_app_hands_the_scorer_settings_to_model_fn(model_dir, scoring):
+    from ncf_sagemaker.serving.app import ServingApp
+    from ncf_sagemaker.serving.settings import Settings
+
+    threads = torch.get_num_threads()
+    served = ServedModel(model_dir)
+    app = ServingApp(replace(Settings.from_env(), device="cpu", precision="bf16"), model=served)
+    try:
+        app.start()
+        assert served.wait(60) and served.state == READY, served.error
+        assert (served.model.backend, served.model.precision) == ("torch", "bf16")
+    finally:
+        app.stop()
+        torch.set_num_threads(threads)

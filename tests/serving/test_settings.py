@@ -28,6 +28,14 @@ def test_defaults_follow_sagemaker(clean_env):
     assert s.max_payload_bytes == 6 * 2**20 and not s.multi_model
     assert s.model_dir == Path("/opt/ml/model") and s.access_log == "all"
     assert s.max_concurrent_transforms == s.workers * s.threads
+    assert (s.device, s.precision) == ("auto", "auto")
+
+
+def test_the_scorer_settings_are_read(clean_env):
+    clean_env.setenv("NCF_PRECISION", " BF16 ")
+    clean_env.setenv("NCF_DEVICE", "cuda:1")
+    s = Settings.from_env()
+    assert (s.device, s.precision) == ("cuda:1", "bf16")
 
 
 def test_default_workers_are_one_per_core_up_to_four_so_a_crash_leaves_others_serving():
@@ -58,6 +66,8 @@ def test_sagemaker_variables_are_honoured(clean_env, tmp_path):
         ("SAGEMAKER_MODEL_SERVER_WORKERS", "0", "SAGEMAKER_MODEL_SERVER_WORKERS=0 must be ≥ 1"),
         ("SAGEMAKER_MULTI_MODEL", "maybe", "is not a boolean"),
         ("NCF_ACCESS_LOG", "verbose", "must be one of all, errors, off"),
+        ("NCF_PRECISION", "fp16", "NCF_PRECISION='fp16': precision must be one of auto, fp32, bf16"),
+        ("NCF_DEVICE", "gpu", "NCF_DEVICE='gpu': device must be auto, cpu or cuda"),
     ],
 )
 def test_bad_values_name_the_variable(clean_env, name, value, message):
@@ -77,3 +87,15 @@ def test_serve_exits_2_with_the_reason_on_a_bad_setting(tmp_path):
     )
     assert proc.returncode == 2
     assert "SAGEMAKER_MODEL_SERVER_WORKERS='none' is not an integer" in proc.stderr
+
+
+def test_serve_refuses_a_bad_precision_at_start(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ncf_sagemaker.serving.server", "--model-dir", str(tmp_path)],
+        env=server_env({"NCF_PRECISION": "fp8"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "NCF_PRECISION='fp8': precision must be one of auto, fp32, bf16" in proc.stderr

@@ -12,7 +12,18 @@ import pytest
 import torch
 
 from ncf_core.artifact import Artifact
-from ncf_core.inference import BackendMismatchError, NumpyScorer, Recommender, build_scorer, prune_dead_units
+from ncf_core.config import check_device
+from ncf_core.errors import ConfigError, NcfError
+from ncf_core.inference import (
+    BackendMismatchError,
+    NumpyScorer,
+    Recommender,
+    TorchScorer,
+    build_scorer,
+    pick_precision,
+    prune_dead_units,
+    top_k,
+)
 from ncf_core.models import NCF, ModelConfig
 
 USERS, ITEMS = 23, 31
@@ -30,7 +41,7 @@ def network(model: str, layers: int, kill_units: bool = True) -> NCF:
     return net.eval()
 
 
-def recommender(net: NCF, backend: str) -> Recommender:
+def recommender(net: NCF, backend: str, precision: str = "auto", device: str = "cpu") -> Recommender:
     rng = np.random.default_rng(0)
     seen = [np.sort(rng.choice(ITEMS, size=3, replace=False)) for _ in range(USERS)]
     art = Artifact(
@@ -41,7 +52,7 @@ def recommender(net: NCF, backend: str) -> Recommender:
         history_indices=np.concatenate(seen).astype(np.int32),
         item_popularity=rng.integers(0, 50, ITEMS).astype(np.int64),
     )
-    return Recommender(art, backend=backend)
+    return Recommender(art, device, backend=backend, precision=precision)
 
 
 def all_pairs() -> tuple[np.ndarray, np.ndarray]:
@@ -132,3 +143,86 @@ def test_a_backend_that_disagrees_with_the_network_is_refused_at_load(monkeypatc
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="backend must be one of"):
         recommender(network("gmf", 1), "tpu")
+
+
+# ------------------------------------------------------------------------------------- ranking on the device
+def test_top_k_breaks_ties_by_position_also_at_the_kth_place():
+    scores = np.array([0.0, 2.0, 1.0, 1.0, 2.0, 1.0, -np.inf, 1.0], np.float32)
+    assert top_k(scores, 3).tolist() == [1, 4, 2]
+    assert top_k(scores, 5).tolist() == [1, 4, 2, 3, 5]
+    assert top_k(scores, 8).tolist() == [1, 4, 2, 3, 5, 7, 0]
+    stable = torch.sort(torch.from_numpy(scores), descending=True, stable=True).indices[:5]
+    assert stable.tolist() == top_k(scores, 5).tolist()
+
+
+def test_the_torch_backend_ranks_a_chunk_of_users_on_its_device(net, monkeypatch):
+    """All-items top-K through ``TorchScorer.top_k`` (one batched topk, history masked there): never the
+    rows of logits the numpy path ranks one by one, and the numpy path's answer."""
+    fast, reference = recommender(net, "numpy"), recommender(net, "torch")
+    monkeypatch.setattr(TorchScorer, "users", lambda *a: pytest.fail("scores copied to the host"))
+    users = [*fast.users.ids, 999]
+    for k, candidates in ((6, None), (ITEMS, None), (4, [f"i{n}" for n in range(0, ITEMS, 3)])):
+        got = reference.recommend_many(users, k, candidates)
+        want = fast.recommend_many(users, k, candidates)
+        assert [(r.items, r.fallback) for r in got] == [(r.items, r.fallback) for r in want]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g.scores, w.scores, atol=1e-6)
+    # k = every item: the seen ones (-inf on the device) are dropped, not returned last
+    assert all(len(r.items) == ITEMS - 3 for r in reference.recommend_many(users[:-1], ITEMS))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_top_k_is_the_cpu_fp32_top_k(net):
+    gpu, cpu = recommender(net, "auto", device="cuda"), recommender(net, "numpy")
+    assert (gpu.backend, gpu.precision, gpu.device.type) == ("torch", "fp32", "cuda")
+    users = [*cpu.users.ids, 999]
+    for exclude_seen in (True, False):
+        got = gpu.recommend_many(users, 6, exclude_seen=exclude_seen)
+        want = cpu.recommend_many(users, 6, exclude_seen=exclude_seen)
+        assert [r.items for r in got] == [r.items for r in want]
+
+
+# ------------------------------------------------------------------------------------------- precision
+def test_precision_names_are_checked_in_one_place():
+    cpu = torch.device("cpu")
+    assert pick_precision("auto", cpu) == pick_precision("fp32", cpu) == torch.float32
+    assert pick_precision("bf16", cpu) == torch.bfloat16
+    for bad in ("fp16", "BF16", "", "half"):
+        with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
+            pick_precision(bad, cpu)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        recommender(network("gmf", 1), "auto", precision="fp64")
+    assert [check_device(d) for d in ("auto", "cpu", "cuda", "cuda:1")] == ["auto", "cpu", "cuda", "cuda:1"]
+    for bad in ("gpu", "cuda:", "cuda:x", "CPU"):
+        with pytest.raises(ConfigError, match="device must be auto, cpu or cuda"):
+            check_device(bad)
+
+
+def test_auto_precision_is_fp32_and_the_numpy_backend_refuses_bf16():
+    rec = recommender(network("neumf", 2), "auto")
+    assert (rec.backend, rec.precision) == ("numpy", "fp32")
+    with pytest.raises(NcfError, match="bf16 needs the torch backend"):
+        recommender(network("neumf", 2), "numpy", precision="bf16")
+
+
+def test_the_bf16_scorer_runs_the_upper_layers_in_bf16_and_agrees_on_top_k(net):
+    fp32, bf16 = recommender(net, "numpy"), recommender(net, "auto", precision="bf16")
+    assert (bf16.backend, bf16.precision) == ("torch", "bf16")  # the load-time check passed
+    if net.config.uses_mlp and net.config.num_layers > 1:
+        assert {w.dtype for w, _ in bf16.scorer._head.layers} == {torch.bfloat16}
+    got, want = bf16.recommend_many(fp32.users.ids, 5), fp32.recommend_many(fp32.users.ids, 5)
+    same = sum(a == b for g, w in zip(got, want, strict=True) for a, b in zip(g.items, w.items, strict=True))
+    assert same / (5 * USERS) >= 0.9
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g.scores, w.scores, atol=0.05)
+
+
+def test_a_bf16_scorer_far_from_the_network_is_refused(monkeypatch):
+    from ncf_core import inference
+
+    original = inference._LowPrecisionHead.__call__
+    monkeypatch.setattr(
+        inference._LowPrecisionHead, "__call__", lambda self, u, i: original(self, u, i) + 0.5
+    )
+    with pytest.raises(BackendMismatchError, match="torch bf16 scorer differs"):
+        recommender(network("neumf", 3), "torch", precision="bf16")

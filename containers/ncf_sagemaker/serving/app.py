@@ -52,7 +52,7 @@ from starlette.types import Receive, Scope, Send
 from ncf_core import runtime
 
 from .. import contract
-from .handler import LOADING, READY, Context, ServedModel
+from .handler import LOADING, READY, Context, Scoring, ServedModel, use_scoring
 from .multi_model import ModelRegistry
 from .responses import REQUEST_ID as _RID
 from .responses import (
@@ -184,6 +184,7 @@ class ServingApp(Starlette):
 
         torch.set_num_threads(self.settings.torch_threads)
         runtime.flush_denormals()  # in each worker, before its torch threads start
+        use_scoring(Scoring(self.settings.device, self.settings.precision))
         self._prefix = f"{os.getpid():x}"
         self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="ncf-serve")
         if self.model is not None:

@@ -45,6 +45,7 @@ import orjson
 
 from ncf_core.errors import NcfError
 from ncf_core.inference import Recommender
+from ncf_core.runtime import pick_device
 
 from . import protocol
 from .responses import JSON, BadRequest, HttpError, Reply, ServiceUnavailable
@@ -85,16 +86,37 @@ class Context:
 
 
 # --------------------------------------------------------------------------------------------- defaults
+@dataclass(frozen=True)
+class Scoring:
+    """The default ``model_fn``'s device and precision (``NCF_DEVICE``, ``NCF_PRECISION``), as the app
+    sets them in each worker (``use_scoring``) before any model loads."""
+
+    device: str = "auto"
+    precision: str = "auto"
+
+
+_scoring = Scoring()
+
+
+def use_scoring(scoring: Scoring) -> None:
+    global _scoring
+    _scoring = scoring
+
+
 def model_fn(model_dir: str | Path) -> Recommender:
-    """Load the artifact (checksums verified) with its checked numpy scorer."""
-    rec = Recommender.load(model_dir)
+    """Load the artifact (checksums verified) with its checked scorer: on the GPU when one is visible
+    (all-items top-K ranked there), else the numpy one, in the precision ``NCF_PRECISION`` asks for."""
+    scoring = _scoring
+    rec = Recommender.load(model_dir, pick_device(scoring.device), precision=scoring.precision)
     log.info(
-        "loaded %s model from %s: %d users, %d items, %s scorer",
+        "loaded %s model from %s: %d users, %d items, %s scorer in %s on %s",
         rec.model.config.model,
         model_dir,
         len(rec.users),
         rec.num_items,
         rec.backend,
+        rec.precision,
+        rec.device,
     )
     return rec
 

@@ -8,9 +8,12 @@ so every process of a server sees exactly the same values.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from ncf_core.config import check_device, check_scoring_precision
+from ncf_core.errors import ConfigError
 
 from .. import contract
 
@@ -26,6 +29,11 @@ INLINE_PAIRS_ENV = "NCF_INLINE_PAIRS"
 HEADER_TIMEOUT_ENV = "NCF_HEADER_TIMEOUT_S"
 BODY_TIMEOUT_ENV = "NCF_BODY_TIMEOUT_S"
 MAX_CONNECTIONS_ENV = "NCF_MAX_CONNECTIONS"
+# The default model_fn's scorer: its device (``auto``: CUDA when a GPU is visible, resolved in each worker,
+# never in the master, which must not touch CUDA before it forks) and its precision
+# (``ncf_core.inference.pick_precision``: ``auto`` is fp32).
+DEVICE_ENV = "NCF_DEVICE"
+PRECISION_ENV = "NCF_PRECISION"
 # A directory the master and its workers share (``serve`` makes one): a worker whose model is ready leaves
 # a marker there, so a worker still loading can tell that the endpoint is already healthy.
 RUN_DIR_ENV = "NCF_RUN_DIR"
@@ -75,6 +83,15 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
+def _checked(env: Mapping[str, str], name: str, check: Callable[[str], str]) -> str:
+    """``check`` (ncf_core's one check of the value) on ``name``, default ``auto``; its refusal names it."""
+    raw = env.get(name, "").strip().lower() or "auto"
+    try:
+        return check(raw)
+    except ConfigError as exc:
+        raise SettingsError(f"{name}={raw!r}: {exc}") from None
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (affinity, which docker --cpuset-cpus sets), else the count."""
     try:
@@ -120,6 +137,8 @@ class Settings:
     body_timeout_s: int = DEFAULT_BODY_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     run_dir: Path | None = None
+    device: str = "auto"
+    precision: str = "auto"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -154,4 +173,6 @@ class Settings:
             body_timeout_s=_int(env, BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S),
             max_connections=_int(env, MAX_CONNECTIONS_ENV, DEFAULT_MAX_CONNECTIONS),
             run_dir=Path(env[RUN_DIR_ENV]) if env.get(RUN_DIR_ENV, "").strip() else None,
+            device=_checked(env, DEVICE_ENV, check_device),
+            precision=_checked(env, PRECISION_ENV, check_scoring_precision),
         )
