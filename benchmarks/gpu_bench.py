@@ -80,6 +80,7 @@ class Plan:
     nvidia_batch: int
     max_steps: int  # timed steps per training run, at most
     run_s: float  # timed seconds per training run, about
+    run_setup_s: float  # a training run's untimed seconds (trainer, warm-up, sync probe), about
     ml1m_epochs: int
     ml1m_s: float
     top10_users: int  # through Recommender
@@ -88,8 +89,8 @@ class Plan:
     top10_s: float
 
 
-FULL = Plan(20_000_000, 1 << 20, 600, 30.0, 8, 75.0, 20_000, 138_493, 256, 20.0)
-SMOKE = Plan(20_000, 4096, 5, 2.0, 1, 20.0, 16, 32, 8, 5.0)
+FULL = Plan(20_000_000, 1 << 20, 600, 30.0, 10.0, 8, 75.0, 20_000, 138_493, 256, 20.0)
+SMOKE = Plan(20_000, 4096, 5, 2.0, 1.0, 1, 20.0, 16, 32, 8, 5.0)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -559,7 +560,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ml1m_dir = ml1m_dir if ml1m_dir.is_dir() else None
         ml1m_cap = max(5.0, min(plan.ml1m_s, budget.left() / 4))
         phase(result, "ml1m", out, ml1m_check, ml1m_dir, device, plan.ml1m_epochs, ml1m_cap)
-        loaded = phase(result, "data", out, lambda: load_arrays(generating.result(), plan.pairs, args.seed))
+        # Waits at most until a third of the budget is left (a TimeoutError lands in the JSON).
+        wait_s = max(1.0, budget.left() - args.budget_s / 3)
+        loaded = phase(
+            result, "data", out, lambda: load_arrays(generating.result(wait_s), plan.pairs, args.seed)
+        )
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     data = history = None
@@ -574,16 +579,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         write(out, result)
     tmp.cleanup()
-    # Training gets what the top-10 phase leaves, split over its runs (each also spends ~10 s setting up).
+    # Training gets what the top-10 phase leaves, the runs in order of interest: when time is short, the
+    # last ones are skipped.
     reserve = 2 * plan.top10_s + 15.0
     result["training"] = {}
     model = None
     runs = [r for r in training_runs(plan, device) if not args.runs or r[0] in args.runs.split(",")]
-    for i, (name, config) in enumerate(runs):
+    for name, config in runs:
         if data is None:
             break
-        per_run = min(plan.run_s, (budget.left() - reserve) / (len(runs) - i) - 10.0)
-        if per_run < 2.0:
+        per_run = min(plan.run_s, budget.left() - reserve - plan.run_setup_s)
+        if per_run < min(2.0, plan.run_s):
             result["training"][name] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
             continue
         t0 = time.perf_counter()
