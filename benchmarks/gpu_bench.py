@@ -233,7 +233,7 @@ def window_starts(steps: int, length: int, windows: int) -> list[int]:
     return [k * (steps - length) // (windows - 1) for k in range(windows)]
 
 
-def count_host_syncs(trainer: Any, epoch: int, order: Any, steps: int) -> int | None:
+def count_host_syncs(trainer: Any, epoch: int, order: Any, steps: int) -> float | None:
     """Waits for the device in ``SYNC_PROBE_STEPS`` steps, from torch's sync debug mode (CUDA only)."""
     import torch
 

@@ -33,8 +33,9 @@ fi
 command -v "$PY" >/dev/null 2>&1 || fail "no python ($PY)"
 if ! "$PY" -c 'import torch, numpy' 2>/dev/null; then
     echo "gpu_bench.sh: torch/numpy missing for $PY; trying a venv with the pinned versions" >&2
-    "$PY" -m venv .venv-gpu-bench && PY=.venv-gpu-bench/bin/python
-    timeout 240 "$PY" -m pip install --quiet --disable-pip-version-check -e . ||
+    VENV="${TMPDIR:-/tmp}/ncf-gpu-bench-venv"
+    "$PY" -m venv "$VENV" && PY="$VENV/bin/python"
+    timeout 150 "$PY" -m pip install --quiet --disable-pip-version-check --retries 1 --timeout 10 -e . ||
         fail "torch and numpy are not installed and could not be (no network?)"
 fi
 

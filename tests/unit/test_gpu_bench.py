@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from benchmarks import gpu_bench
 from tests.support.synthetic import write_ncf_files
@@ -72,6 +71,10 @@ def test_missing_ml1m_files_are_skipped_with_a_reason(tmp_path):
     assert "not in" in gpu_bench.ml1m_check(tmp_path, "cpu", 1, 5.0)["skipped"]
 
 
-@pytest.mark.parametrize("script", ["benchmarks/gpu_bench.sh"])
-def test_the_wrapper_is_valid_bash(script):
-    assert subprocess.run(["bash", "-n", str(ROOT / script)], check=False).returncode == 0
+def test_the_wrapper_leaves_a_json_reason_when_it_cannot_run(tmp_path):
+    script = ROOT / "benchmarks" / "gpu_bench.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PYTHON": str(tmp_path / "no-python")}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert json.loads((tmp_path / "gpu_bench.json").read_text())["error"].startswith("no python")
