@@ -81,12 +81,9 @@ def _draw_items(rng: np.random.Generator, users: np.ndarray, items: int) -> np.n
     return np.minimum(out, items - 1)
 
 
-def generate(path: Path, pairs: int, seed: int = 0) -> dict[str, Any]:
-    """Write ``pairs`` distinct (user, item) interactions of ML-20M's shape to ``path`` as ratings.csv."""
-    import pandas as pd
-
-    start = time.perf_counter()
-    rng = np.random.default_rng(seed)
+def draw_pairs(rng: np.random.Generator, pairs: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(user, item, users, items): ``pairs`` distinct (user, item) interactions of ML-20M's shape, in
+    contiguous indices (in the order drawn, not sorted), and the numbers of users and items."""
     users = max(1, round(ML20M_USERS * pairs / ML20M_PAIRS))
     items = ML20M_ITEMS
     counts = _user_counts(rng, users, pairs, items)
@@ -114,6 +111,16 @@ def generate(path: Path, pairs: int, seed: int = 0) -> dict[str, Any]:
         raise RuntimeError(f"the generator left {int(need.sum())} interactions undrawn")
     user = np.concatenate(chosen_u)
     item = np.concatenate(chosen_i)
+    return user, item, users, items
+
+
+def generate(path: Path, pairs: int, seed: int = 0) -> dict[str, Any]:
+    """Write ``pairs`` distinct (user, item) interactions of ML-20M's shape to ``path`` as ratings.csv."""
+    import pandas as pd
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    user, item, users, items = draw_pairs(rng, pairs)
     movie_ids = np.sort(rng.choice(np.arange(1, ML20M_MAX_MOVIE_ID + 1), items, replace=False))
     frame = pd.DataFrame(
         {

@@ -91,7 +91,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain", action="store_true", help="pre-train GMF and MLP, then NeuMF from them")
     parser.add_argument("--num-neg", type=int, default=None)
     parser.add_argument("--embedding-updates", choices=("auto", "dense", "lazy"), default=None)
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    parser.add_argument("--precision", choices=("auto", "fp32", "tf32", "bf16", "fp16"), default=None)
     parser.add_argument(
         "--workshop-batches", type=int, default=2000, help="batches of the workshop loop to time (0: skip)"
     )

@@ -32,7 +32,7 @@ MODEL_TYPES: tuple[str, ...] = ("gmf", "mlp", "neumf")
 PRETRAIN_PARTS: tuple[str, ...] = ("gmf", "mlp")
 MAX_LAYERS = 8  # MLP tower depth: the first layer is factor * 2**num_layers wide
 EMBEDDING_UPDATES: tuple[str, ...] = ("auto", "dense", "lazy")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 # The scorer's (``ncf_core.inference``; serving's NCF_PRECISION): no fp16, which needs a loss scale to train
 # and gains nothing over bf16 at inference.
 SCORING_PRECISIONS = ("auto", "fp32", "bf16")
@@ -184,9 +184,12 @@ class TrainConfig:
     precision: str = field(
         default="auto",
         metadata=spec(
-            "the training step's matrix maths: `fp32`; `bf16` (autocast; embeddings, optimiser state and "
-            "the loss stay fp32); `fp16` (CUDA, with a gradient scaler); `auto`: bf16 where the hardware "
-            "computes it (a CUDA device with bf16, a CPU with AMX or AVX512-BF16), else fp32",
+            "the training step's matrix maths: `fp32` (IEEE fp32 matmuls, on CUDA too); `tf32` (fp32 "
+            "tensors, CUDA matmuls on the TF32 tensor cores, as in NVIDIA's NCF figures; on a CPU the same "
+            "as fp32); `bf16` (autocast; embeddings, "
+            "optimiser state and the loss stay fp32); `fp16` (CUDA, with a gradient scaler); `auto`: bf16 "
+            "where the hardware computes it (a CUDA device with bf16, a CPU with AMX or AVX512-BF16), else "
+            "fp32",
             choices=PRECISIONS,
         ),
     )

@@ -69,6 +69,15 @@ Side = tuple[torch.Tensor | None, torch.Tensor | None]
 # ML-20M step draws 32k of 26.7k items but touches ~70% of them, and projecting only those made its
 # epoch 1.10x faster than projecting the whole table (benchmarks/scale_bench.py, 150 steps each).
 WHOLE_TABLE_DRAWS = 3
+
+
+def dedup_on(idx: torch.Tensor) -> bool:
+    """Whether ``side`` projects the rows of the distinct ids (``torch.unique``) or each sample's rows.
+    Not on CUDA: unique's output size is read back on the host, a wait for every queued kernel, and a
+    GPU projects a sample's rows as fast as it finds the distinct ones."""
+    return not idx.is_cuda
+
+
 # (side, table: 0 GMF / 1 MLP, distinct ids) -> those rows of that table.
 RowFetch = Callable[[int, int, torch.Tensor], torch.Tensor]
 
@@ -159,6 +168,9 @@ class NCF(nn.Module):
         mlp = tables[1]
         if fetch_rows is None and (mlp is None or idx.numel() > WHOLE_TABLE_DRAWS * mlp.shape[0]):
             return self.side_from_rows(*tables, idx, which)  # nothing to project, or the whole table
+        if fetch_rows is None and not dedup_on(idx):
+            rows = [None if t is None else F.embedding(idx, t) for t in tables]
+            return self.side_from_rows(*rows, None, which)  # each sample's rows, projected per sample
         distinct, index = torch.unique(idx, return_inverse=True)
         fetch = fetch_rows or (lambda _which, k, ids: F.embedding(ids, tables[k]))
         rows = [None if t is None else fetch(which, k, distinct) for k, t in enumerate(tables)]

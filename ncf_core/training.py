@@ -45,6 +45,9 @@ KEEP_CHECKPOINTS = 2
 PROGRESS_INTERVAL_S = 30.0
 MIN_TOTAL_STEPS = 100  # below this, warn that the batch is too large for the data
 MAX_STEP_DECAY = 0.1  # weight decay never shrinks a weight by more than this share in one step
+# Data-parallel ranks agree on a stop request (an all-reduce read back on the host: on CUDA a wait for the
+# device) every this many steps, not every step. One process checks its flag every step (no device read).
+STOP_CHECK_STEPS = 16
 
 
 @dataclass
@@ -136,9 +139,14 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     faster on an AMD EPYC with AVX512-BF16, the same HR@10 / NDCG@10 over 3 seeds: docs/benchmarks.md,
     Precision); fp32 elsewhere, where bf16 would be emulated. ``fp16`` needs CUDA (and a gradient scaler,
     which the trainer adds).
+
+    ``fp32`` and ``tf32`` both train in fp32 (None): ``fp32`` with IEEE fp32 matmuls on CUDA too (torch's
+    default), ``tf32`` with CUDA matmuls on the TF32 tensor cores (fp32 range, 10-bit mantissa inputs,
+    fp32 accumulation), which is what NVIDIA's "TF32" NCF figure measures; the trainer sets
+    ``torch.backends.cuda.matmul.allow_tf32`` accordingly. On a CPU ``tf32`` is plain fp32.
     """
     cuda = device.type == "cuda"
-    if name == "fp32":
+    if name in ("fp32", "tf32"):
         return None
     if name == "bf16":
         if cuda and not torch.cuda.is_bf16_supported():
@@ -184,6 +192,15 @@ class Trainer:
         self.dist = dist or Distributed()
         self.device = pick_device(config.device)
         self.amp_dtype = pick_precision(config.precision, self.device)
+        if self.device.type == "cuda" and self.amp_dtype is None:
+            # tf32: fp32 tensors, matmuls on the TF32 tensor cores; fp32: full-precision matmuls (both are
+            # process-wide settings of torch: they hold for evaluation in this process too).
+            torch.backends.cuda.matmul.allow_tf32 = config.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
+        # On CUDA the hot loop reads nothing back from the device (a read makes the host wait for every
+        # queued kernel): negatives come from the fixed-shape complement sampler (ncf_core.sampling). The
+        # CPU keeps the rejection sampler, whose draws (and so results) are those of earlier releases.
+        self.negative_sampling = "complement" if self.device.type == "cuda" else "rejection"
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.should_stop = should_stop or (lambda: False)
         self.on_epoch = on_epoch
@@ -285,6 +302,9 @@ class Trainer:
         ``auto``: a side whose tables have more rows than a batch has samples, since a step then touches a
         small part of them (ML-20M's 138k users: ~5k distinct a step); a smaller table is mostly touched
         anyway (ML-20M's 26.7k items: ~70%), and there dense fused Adam is the faster (and exact) update.
+        On CUDA ``auto`` is dense: a lazy step needs the batch's distinct ids (``torch.unique``, whose
+        output size the host must read back: a wait for the device every step), and a GPU's fused Adam
+        sweeps ML-20M's tables in well under a millisecond.
         """
         mode = self.config.embedding_updates
         if self.dist.world_size > 1:
@@ -292,6 +312,8 @@ class Trainer:
                 raise ConfigError("embedding_updates=lazy needs one process; use dense (or auto) with DDP")
             return False, False
         if mode == "auto":
+            if self.device.type == "cuda":
+                return False, False
             big = self.config.batch_size
             return self.data.num_users > big, self.data.num_items > big
         return (True, True) if mode == "lazy" else (False, False)
@@ -354,7 +376,7 @@ class Trainer:
             _epoch_seed(self.config.seed, epoch, self.dist.rank) ^ (step * 0x9E3779B1 + 1)
         )
         neg_users = pos_users.repeat(self.config.num_neg)
-        neg_items = sample_negatives(neg_users, self.positives, gen)
+        neg_items = sample_negatives(neg_users, self.positives, gen, method=self.negative_sampling)
         labels = torch.zeros(pos.shape[0] * (1 + self.config.num_neg), device=self.device)
         labels[: pos.shape[0]] = 1.0
         return torch.cat([pos_users, neg_users]), torch.cat([pos_items, neg_items]), labels
@@ -440,6 +462,11 @@ class Trainer:
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def _stop_check_due(self) -> bool:
+        """Whether this step checks for a stop request: every step in one process, every
+        ``STOP_CHECK_STEPS`` steps (the same steps on every rank) in a data-parallel run."""
+        return self.dist.world_size == 1 or self.step_in_epoch % STOP_CHECK_STEPS == 0
+
     def _stop_requested(self) -> bool:
         return self._any_rank(self.should_stop())
 
@@ -462,19 +489,9 @@ class Trainer:
         if self.step_in_epoch == 0:
             self.epoch_marks = [(0, started_at)]
         for step in range(self.step_in_epoch, steps):
-            users, items, labels = self.step_batch(epoch, step, order)
-            self._set_lr(epoch, step, steps)
-            with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits, used_rows = self._forward(users, items)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.lazy is not None:
-                self.lazy.step(used_rows)
-            loss_sum += loss.detach().double() * labels.shape[0]
-            self.epoch_samples += int(labels.shape[0])
+            loss, samples = self.train_step(epoch, step, steps, order)
+            loss_sum += loss.double() * samples
+            self.epoch_samples += samples
             self.step_in_epoch = step + 1
             now = time.perf_counter()
             if self.step_in_epoch in tenths:
@@ -483,7 +500,7 @@ class Trainer:
                 next_progress = now + self.progress_interval_s
                 meter.update(self.epoch_samples, now)
                 self._log_progress(epoch, total, meter)
-            if self.step_in_epoch < steps and self._stop_requested():
+            if self.step_in_epoch < steps and self._stop_check_due() and self._stop_requested():
                 self.epoch_loss_sum += float(loss_sum)
                 self.epoch_train_s += time.perf_counter() - t0
                 log.info("stop requested in epoch %d at step %d/%d", epoch, self.step_in_epoch, steps)
@@ -492,6 +509,22 @@ class Trainer:
         self.epoch_loss_sum += float(loss_sum)
         self.epoch_train_s += time.perf_counter() - t0
         return True
+
+    def train_step(self, epoch: int, step: int, steps: int, order: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """One optimiser step (``step`` of the ``steps`` of ``epoch``, positives in ``order``): its mean loss
+        (a device tensor, not read back) and its sample count (positives and negatives)."""
+        users, items, labels = self.step_batch(epoch, step, order)
+        self._set_lr(epoch, step, steps)
+        with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits, used_rows = self._forward(users, items)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.lazy is not None:
+            self.lazy.step(used_rows)
+        return loss.detach(), int(labels.shape[0])
 
     def _log_progress(self, epoch: int, total: int, meter: RateMeter) -> None:
         """One ``progress: epoch_number=...; epoch_samples_done=...; ...; eta_s=...;`` line (this rank's

@@ -108,3 +108,44 @@ def test_distinct_negatives_draw_as_when_every_row_was_sorted_every_round(seed: 
         rows, min(12, spare), positives, torch.Generator().manual_seed(seed)
     )
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_complement_sampling_is_exact_and_uniform(monkeypatch, dense: bool):
+    """The CUDA trainer's sampler: never a positive, every non-positive of a user about equally often."""
+    if not dense:
+        monkeypatch.setattr(sampling, "DENSE_BITMAP_MAX_CELLS", 0)
+    mask, users, items = dense_positives()
+    positives = PositiveSet(users, items, 50, 30)
+    query = torch.arange(50).repeat(3000)
+    neg = sample_negatives(query, positives, torch.Generator().manual_seed(1), method="complement")
+    assert neg.shape == query.shape and neg.dtype == torch.int64
+    assert not mask[query, neg].any()
+    counts = torch.zeros(50, 30, dtype=torch.int64).index_put_(
+        (query, neg), torch.ones_like(neg), accumulate=True
+    )
+    for u in range(50):
+        free = (~mask[u]).nonzero().squeeze(1)
+        expected = 3000 / len(free)
+        got = counts[u, free].double()
+        assert (got - expected).abs().max() < 6 * expected**0.5, (u, got, expected)  # 6 sigma
+
+
+def test_complement_sampling_refuses_a_user_with_every_item():
+    users = torch.tensor([0, 0, 0, 1])
+    items = torch.tensor([0, 1, 2, 0])
+    positives = PositiveSet(users, items, 2, 3)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_negatives(torch.tensor([1] * 50), positives, gen, method="complement").tolist()) == {
+        1,
+        2,
+    }
+    with pytest.raises(ValueError, match="interacted with every item"):
+        sample_negatives(torch.tensor([1, 0]), positives, gen, method="complement")
+
+
+def test_the_full_user_check_reads_nothing_back_when_no_user_is_full():
+    _, users, items = dense_positives()
+    positives = PositiveSet(users, items, 50, 30)
+    assert positives.any_full is False
+    assert PositiveSet(torch.tensor([0, 0]), torch.tensor([0, 1]), 1, 2).any_full is True

@@ -446,5 +446,5 @@ def test_bf16_autocast_learns_like_fp32_with_fp32_weights(planted, updates):
 def test_precision_is_checked_before_training(planted):
     with pytest.raises(ConfigError, match="precision=fp16 needs a CUDA device"):
         Trainer(planted, replace(FAST, precision="fp16", device="cpu"))
-    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, fp16, got 'half'"):
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, tf32, bf16, fp16, got 'hal"):
         Trainer(planted, replace(FAST, precision="half"))

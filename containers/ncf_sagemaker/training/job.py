@@ -133,6 +133,12 @@ class Job:
 
             os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = p.master_addr, str(p.master_port)
             log.info("rank %d/%d joining %s:%d (%s)", rank, world, p.master_addr, p.master_port, p.backend)
+            if p.use_cuda:
+                import torch
+
+                # Before the group: NCCL's object collectives (resume's checkpoint broadcast) run on the
+                # current device, which is cuda:0 in every worker unless set (a duplicate-GPU error).
+                torch.cuda.set_device(local_rank)
             torch_dist.init_process_group(
                 p.backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30)
             )
