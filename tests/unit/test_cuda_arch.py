@@ -4,6 +4,7 @@ the CPU-build pass, and the README's GPU table against the module's."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from ncf_sagemaker.cuda_arch import (
     resolve,
     runs_on,
 )
+from tests.support import ROOT
 
 # torch.cuda.get_arch_list() of torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl (PyPI, 2.13.0+cu130)
 CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
@@ -134,3 +136,18 @@ def test_the_program_refuses_an_unknown_family():
     proc = run_module("--families", "g5,x1")
     assert proc.returncode == 2
     assert "unknown GPU family or architecture 'x1'" in proc.stderr
+
+
+def test_readme_gpu_table_matches_the_module():
+    """Every family of the module has its row in README's GPU table, with its GPU, sm and supported column."""
+    section = (ROOT / "README.md").read_text().split("\n## GPU\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].startswith("`ml."):
+            rows[re.match(r"`ml\.(\w+)\.", cells[0]).group(1)] = cells
+    assert set(rows) == set(GPU_FAMILIES)
+    for family, (gpu, _) in GPU_FAMILIES.items():
+        cells = rows[family]
+        assert cells[1] == gpu and cells[2] == GPU_FAMILIES[family].sm, cells
+        assert cells[3].startswith("yes" if family in SUPPORTED_FAMILIES else "no"), cells
