@@ -1,7 +1,8 @@
 #!/bin/sh
 # Give any base image what our images need: a Python 3.11 venv at /opt/venv, tini (PID 1 that
 # forwards SIGTERM to gunicorn) and curl (health checks). ncf-python:bookworm (CI) already has them all;
-# a CUDA runtime image (Ubuntu 22.04) gets them from apt, where python3.11 is packaged alongside 3.10.
+# debian:bookworm-slim (the images' default base) gets them from apt, as would an Ubuntu 22.04 base (python3.11
+# is packaged there alongside 3.10).
 # Our wheels are built for CPython 3.11, so any other Python is refused rather than half-working.
 set -eu
 

@@ -1,14 +1,18 @@
 """scripts/build_and_push.sh: build our images, tag them with the git revision and `latest`, push them to ECR.
 
     scripts/build_and_push.sh                      CPU images (BASE_IMAGE=debian:bookworm-slim), pushed
-    scripts/build_and_push.sh --gpu                GPU images (the Dockerfiles' default CUDA base)
+    scripts/build_and_push.sh --gpu                GPU images: the build fails unless torch is a CUDA build
     scripts/build_and_push.sh --no-push            local images only: ncf-train:local, ncf-serve:local
     scripts/build_and_push.sh --platform linux/amd64   on an ARM machine (SageMaker instances are x86-64)
     scripts/build_and_push.sh --only serve         one of the two images
 
 CPU by default, as the launchers' default instance types (ml.m5.xlarge to train, ml.m5.large to serve) are
 CPU ones; --gpu images go with a GPU instance type (train.sh --instance-type ml.g5.xlarge): a CUDA image
-runs on CPU too, only larger.
+runs on CPU too, only larger. Both build on the same Debian base (the Dockerfiles' default): torch's CUDA
+wheels bring their own CUDA runtime and cuDNN, and the driver is the host's (README, "GPU"). --gpu passes
+REQUIRE_CUDA=1, so that the image build's check (ncf_sagemaker.cuda_arch) fails on a CPU build of torch (a
+wheelhouse from scripts/wheelhouse.sh holds one) and on a CUDA build without kernels for a GPU family we
+claim.
 
 Build context: the repository root. Local tags: NAME:local and NAME:REVISION. Pushed: REGISTRY/NAME:REVISION
 and REGISTRY/NAME:latest, where REGISTRY is this account's ECR registry in the region. The ECR repositories
@@ -63,7 +67,11 @@ def parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
     )
     base = p.add_mutually_exclusive_group()
-    base.add_argument("--gpu", action="store_true", help="CUDA base image, the Dockerfiles' own default")
+    base.add_argument(
+        "--gpu",
+        action="store_true",
+        help="GPU images: the Dockerfiles' default base, and a CUDA build of torch required (REQUIRE_CUDA=1)",
+    )
     base.add_argument(
         "--cpu", action="store_true", help=f"CPU base image: --base-image {CPU_BASE_IMAGE} (default)"
     )
@@ -206,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                 ensure_repository(aws.client("ecr"), name, args.create_repositories)
         env = docker_env()
         base_image = None if args.gpu else args.base_image or CPU_BASE_IMAGE
-        say(f"base image: {base_image or 'the default of the Dockerfile (CUDA, GPU)'}; tag {tag}")
+        say(f"base image: {base_image or 'the default of the Dockerfile'}; tag {tag}")
+        if args.gpu:
+            say("GPU images: the build fails unless torch is a CUDA build with kernels for our GPU families")
 
         for name, dockerfile in images:
             cmd = [
@@ -221,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if base_image:
                 cmd += ["--build-arg", f"BASE_IMAGE={base_image}"]
+            if args.gpu:
+                cmd += ["--build-arg", "REQUIRE_CUDA=1"]
             if args.platform:
                 cmd += ["--platform", args.platform]
             run([*cmd, args.context.resolve()], env=env)

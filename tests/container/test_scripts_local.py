@@ -1,6 +1,6 @@
 """The scripts with our real images on this machine's Docker engine: train.sh --local trains with the
 training image, invoke.sh --local asks the serving image for recommendations; build_and_push.sh's --cpu and
---gpu choose the base image.
+--gpu choose the base image and whether the build requires a CUDA build of torch.
 
 Needs the engine and ncf-python:bookworm from .ci/docker_setup.sh (skipped without, failed in CI) and a
 filled ./wheelhouse (scripts/wheelhouse.sh): containers here cannot reach PyPI.
@@ -71,7 +71,8 @@ def build(which: str, dockerfile: Path) -> str:
 
 
 def test_cpu_and_gpu_flags_choose_the_base_image(tmp_path):
-    """--gpu keeps the Dockerfile's default base; --cpu builds on debian:bookworm-slim.
+    """--gpu keeps the Dockerfile's default base and passes REQUIRE_CUDA=1 (the images' build check then
+    refuses a CPU build of torch); --cpu builds on debian:bookworm-slim, REQUIRE_CUDA left at its default.
 
     Nothing can be pulled here, so debian:bookworm-slim is stood in for by ncf-base:bookworm (a Debian
     bookworm minbase, without the /opt/venv of ncf-python:bookworm) for the length of the test, if absent.
@@ -86,15 +87,18 @@ def test_cpu_and_gpu_flags_choose_the_base_image(tmp_path):
     if stand_in:
         subprocess.run(["docker", "tag", "ncf-base:bookworm", CPU_BASE_IMAGE], check=True)
     (tmp_path / "Dockerfile").write_text(
-        f'ARG BASE_IMAGE={PYTHON_IMAGE}\nFROM ${{BASE_IMAGE}}\nCMD ["true"]\n'
+        f"ARG BASE_IMAGE={PYTHON_IMAGE}\nFROM ${{BASE_IMAGE}}\n"
+        'ARG REQUIRE_CUDA=0\nRUN echo "$REQUIRE_CUDA" > /require-cuda\nCMD ["true"]\n'
     )
     name = f"ncf-base-test-{os.getpid()}"
     common = ["--no-push", "--image", f"{name}={tmp_path / 'Dockerfile'}", "--context", str(tmp_path)]
     try:
-        for flag, has_venv in (("--gpu", True), ("--cpu", False)):
+        for flag, has_venv, require_cuda in (("--gpu", True, "1"), ("--cpu", False, "0")):
             assert ok(run("build_and_push", flag, *common, "--tag", flag[2:])) == [f"{name}:{flag[2:]}"]
             proc = docker_run(f"{name}:{flag[2:]}", ["test", "-d", "/opt/venv"])
             assert (proc.returncode == 0) == has_venv, flag
+            proc = docker_run(f"{name}:{flag[2:]}", ["cat", "/require-cuda"])
+            assert proc.stdout.strip() == require_cuda, (flag, proc)
     finally:
         for tag in ("local", "gpu", "cpu"):
             remove_image(f"{name}:{tag}")
