@@ -2,6 +2,7 @@
 
     scripts/build_and_push.sh                      CPU images (BASE_IMAGE=debian:bookworm-slim), pushed
     scripts/build_and_push.sh --gpu                GPU images: the build fails unless torch is a CUDA build
+    scripts/build_and_push.sh --gpu --torch-index https://download.pytorch.org/whl/cu126   a CUDA 12 torch
     scripts/build_and_push.sh --no-push            local images only: ncf-train:local, ncf-serve:local
     scripts/build_and_push.sh --platform linux/amd64   on an ARM machine (SageMaker instances are x86-64)
     scripts/build_and_push.sh --only serve         one of the two images
@@ -12,7 +13,9 @@ runs on CPU too, only larger. Both build on the same Debian base (the Dockerfile
 wheels bring their own CUDA runtime and cuDNN, and the driver is the host's (README, "GPU"). --gpu passes
 REQUIRE_CUDA=1, so that the image build's check (ncf_sagemaker.cuda_arch) fails on a CPU build of torch (a
 wheelhouse from scripts/wheelhouse.sh holds one) and on a CUDA build without kernels for a GPU family we
-claim.
+claim. torch comes from PyTorch's CPU index for CPU images (--torch-index, TORCH_INDEX_URL), from PyPI (its
+CUDA 13.0 build, which needs an NVIDIA driver >= 580) for --gpu; --torch-index picks another build, e.g. a
+CUDA 12 one for the 535/550 drivers AWS documents for SageMaker GPU instances (README, "GPU").
 
 Build context: the repository root. Local tags: NAME:local and NAME:REVISION. Pushed: REGISTRY/NAME:REVISION
 and REGISTRY/NAME:latest, where REGISTRY is this account's ECR registry in the region. The ECR repositories
@@ -51,6 +54,9 @@ from .aws_client import (
 # CPU base: Debian bookworm, whose python3 is the 3.11 of the project and of its wheelhouse
 # (scripts/wheelhouse.sh), and the distribution of CI's stand-in base (ncf-python:bookworm).
 CPU_BASE_IMAGE = "debian:bookworm-slim"
+# PyTorch's own index of CPU builds: `torch==2.13.0` resolves there to 2.13.0+cpu (a local version sorts
+# above PyPI's 2.13.0, the CUDA 13.0 build), 0.75 GB installed against 4.7 GB with the nvidia-* wheels.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 IMAGES = {
     "train": (TRAIN_REPOSITORY, "containers/train/Dockerfile"),
     "serve": (SERVE_REPOSITORY, "containers/serve/Dockerfile"),
@@ -77,6 +83,15 @@ def parser() -> argparse.ArgumentParser:
     )
     base.add_argument(
         "--base-image", metavar="IMAGE", help="any base image (must exist locally or be pullable)"
+    )
+    p.add_argument(
+        "--torch-index",
+        metavar="URL",
+        default=None,
+        help=f"an extra package index for torch (default: {TORCH_CPU_INDEX} for CPU images, whose torch "
+        "is then the CPU build, ~4 GB smaller; none for --gpu: PyPI's CUDA 13.0 build; e.g. "
+        "https://download.pytorch.org/whl/cu126 for a CUDA 12 build; '' for PyPI only). A wheelhouse "
+        "(scripts/wheelhouse.sh) in the build context overrides it: the build is then offline",
     )
     p.add_argument("--only", choices=sorted(IMAGES), help="build (and push) one image only")
     p.add_argument("--tag", help="version tag instead of the git revision (e.g. v1.2.0)")
@@ -202,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         images = images_to_build(args)
+        torch_index = args.torch_index
+        if torch_index is None:
+            torch_index = "" if args.gpu else TORCH_CPU_INDEX
+        if torch_index and not torch_index.startswith(("https://", "http://")):
+            raise UsageError(f"--torch-index {torch_index!r} is not a URL (e.g. {TORCH_CPU_INDEX})")
         tag = args.tag or git_revision()
         if not _TAG.match(tag) or tag in ("latest", LOCAL_TAG):
             raise UsageError(f"tag {tag!r} is not a usable version tag")
@@ -217,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"base image: {base_image or 'the default of the Dockerfile'}; tag {tag}")
         if args.gpu:
             say("GPU images: the build fails unless torch is a CUDA build with kernels for our GPU families")
+        say(f"torch from: {torch_index or 'PyPI'} (a wheelhouse in the context overrides it)")
 
         for name, dockerfile in images:
             cmd = [
@@ -233,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--build-arg", f"BASE_IMAGE={base_image}"]
             if args.gpu:
                 cmd += ["--build-arg", "REQUIRE_CUDA=1"]
+            if torch_index:
+                cmd += ["--build-arg", f"TORCH_INDEX_URL={torch_index}"]
             if args.platform:
                 cmd += ["--platform", args.platform]
             run([*cmd, args.context.resolve()], env=env)

@@ -77,7 +77,7 @@ def test_cpu_and_gpu_flags_choose_the_base_image(tmp_path):
     Nothing can be pulled here, so debian:bookworm-slim is stood in for by ncf-base:bookworm (a Debian
     bookworm minbase, without the /opt/venv of ncf-python:bookworm) for the length of the test, if absent.
     """
-    from ncf_launch.build_and_push import CPU_BASE_IMAGE
+    from ncf_launch.build_and_push import CPU_BASE_IMAGE, TORCH_CPU_INDEX
 
     require_image(PYTHON_IMAGE)
     require_image("ncf-base:bookworm")
@@ -88,19 +88,29 @@ def test_cpu_and_gpu_flags_choose_the_base_image(tmp_path):
         subprocess.run(["docker", "tag", "ncf-base:bookworm", CPU_BASE_IMAGE], check=True)
     (tmp_path / "Dockerfile").write_text(
         f"ARG BASE_IMAGE={PYTHON_IMAGE}\nFROM ${{BASE_IMAGE}}\n"
-        'ARG REQUIRE_CUDA=0\nRUN echo "$REQUIRE_CUDA" > /require-cuda\nCMD ["true"]\n'
+        'ARG REQUIRE_CUDA=0\nRUN echo "$REQUIRE_CUDA" > /require-cuda\n'
+        'ARG TORCH_INDEX_URL=\nRUN echo "$TORCH_INDEX_URL" > /torch-index\nCMD ["true"]\n'
     )
     name = f"ncf-base-test-{os.getpid()}"
     common = ["--no-push", "--image", f"{name}={tmp_path / 'Dockerfile'}", "--context", str(tmp_path)]
     try:
-        for flag, has_venv, require_cuda in (("--gpu", True, "1"), ("--cpu", False, "0")):
-            assert ok(run("build_and_push", flag, *common, "--tag", flag[2:])) == [f"{name}:{flag[2:]}"]
-            proc = docker_run(f"{name}:{flag[2:]}", ["test", "-d", "/opt/venv"])
-            assert (proc.returncode == 0) == has_venv, flag
-            proc = docker_run(f"{name}:{flag[2:]}", ["cat", "/require-cuda"])
-            assert proc.stdout.strip() == require_cuda, (flag, proc)
+        cu126 = "https://download.pytorch.org/whl/cu126"
+        cases = (
+            ("gpu", ["--gpu"], True, "1", ""),  # PyPI's torch: its CUDA build
+            ("cpu", ["--cpu"], False, "0", TORCH_CPU_INDEX),  # PyTorch's CPU builds
+            ("cu126", ["--gpu", "--torch-index", cu126], True, "1", cu126),
+        )
+        for tag, flags, has_venv, require_cuda, index in cases:
+            assert ok(run("build_and_push", *flags, *common, "--tag", tag)) == [f"{name}:{tag}"]
+            proc = docker_run(f"{name}:{tag}", ["test", "-d", "/opt/venv"])
+            assert (proc.returncode == 0) == has_venv, flags
+            proc = docker_run(f"{name}:{tag}", ["cat", "/require-cuda"])
+            assert proc.stdout.strip() == require_cuda, (flags, proc)
+            assert docker_run(f"{name}:{tag}", ["cat", "/torch-index"]).stdout.strip() == index, flags
+        proc = run("build_and_push", "--torch-index", "download.pytorch.org", *common)
+        assert proc.returncode == 2 and "is not a URL" in proc.stderr, proc
     finally:
-        for tag in ("local", "gpu", "cpu"):
+        for tag in ("local", "gpu", "cpu", "cu126"):
             remove_image(f"{name}:{tag}")
         if stand_in:
             subprocess.run(["docker", "rmi", CPU_BASE_IMAGE], capture_output=True)
