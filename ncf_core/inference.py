@@ -425,9 +425,9 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype:
 
     ``auto`` is fp32 on every device. bf16 is allowed only where it is faster *and* its all-items top-10
     lists agree with fp32's in at least 99% of positions. On a CPU with AVX512-BF16 (AMD EPYC, 2 cores,
-    2026-12-05; docs/benchmarks.md, Precision) it was faster (server CPU per all-items request 7% lower,
-    in-process 1.33x the fp32 torch scorer) but agreed on 98.90% of the ML-1M positions (6,040 users), so
-    it is not chosen. On CUDA it is unmeasured, and serving's GPU path promises the CPU's fp32 top-K,
+    2026-12-05; docs/benchmarks.md, Precision) it was slower (0.80x the fp32 numpy scorer's all-items
+    requests through the server; 1.07x the fp32 torch scorer in process) and agreed on 98.90% of the ML-1M
+    positions (6,040 users), so it is not chosen. On CUDA it is unmeasured, and serving's GPU path promises the CPU's fp32 top-K,
     which bf16 (8 significant bits) would not keep: fp32 there too. ``bf16`` on a CUDA device without it
     is refused, as is any name but these three.
     """
