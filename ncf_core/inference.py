@@ -31,7 +31,6 @@ Precision (``pick_precision``): ``fp32`` everywhere unless ``bf16`` is asked for
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 from . import artifact as artifact_io
 from .config import DEFAULT_TOP_K, check_scoring_precision
 from .errors import NcfError, UnknownIdError
+from .ids import id_key
 from .models import NCF
 from .runtime import flush_denormals
 
@@ -56,7 +56,6 @@ _DENSE_SLACK = 8
 _DENSE_MIN = 1 << 16
 BACKENDS = ("auto", "numpy", "torch")
 # A numeric string a numeric id map accepts: ASCII digits only (int() would also read "٣" as 3), int64-sized.
-_ASCII_INT = re.compile(r"-?[0-9]{1,19}")
 # float32 tables against the float32 network: same maths in another order, so ~1e-6 apart.
 SELF_CHECK_TOLERANCE = 1e-4
 # bf16 upper layers against the float32 network: bf16 keeps 8 significant bits (~0.4% a value), and a
@@ -112,19 +111,7 @@ class IdMap:
         if type(raw) is int and self._table is not None:
             table = self._table
             return int(table[raw]) if 0 <= raw < len(table) and table[raw] >= 0 else None
-        if isinstance(raw, bool):
-            return None
-        if self.numeric:
-            if isinstance(raw, str):
-                text = raw.strip()
-                # ASCII digits only: int() would also read "٣" as 3.
-                if not _ASCII_INT.fullmatch(text):
-                    return None
-                raw = int(text)
-            elif isinstance(raw, float) and raw.is_integer():
-                raw = int(raw)
-        elif isinstance(raw, int):
-            raw = str(raw)
+        raw = id_key(raw, self.numeric)
         try:
             return self._index.get(raw)
         except TypeError:  # unhashable (list, dict)
@@ -426,9 +413,10 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype:
     ``auto`` is fp32 on every device. bf16 is allowed only where it is faster *and* its all-items top-10
     lists agree with fp32's in at least 99% of positions. On a CPU with AVX512-BF16 (AMD EPYC, 2 cores,
     2026-12-05; docs/benchmarks.md, Precision) it was slower (0.80x the fp32 numpy scorer's all-items
-    requests through the server; 1.07x the fp32 torch scorer in process) and agreed on 98.90% of the ML-1M
-    positions (6,040 users), so it is not chosen. On CUDA it is unmeasured, and serving's GPU path promises the CPU's fp32 top-K,
-    which bf16 (8 significant bits) would not keep: fp32 there too. ``bf16`` on a CUDA device without it
+    requests through the server; 1.07x the fp32 torch scorer in process) and agreed on 98.90% of the
+    ML-1M positions (6,040 users), so it is not chosen. On CUDA it is unmeasured, and serving's GPU path
+    promises the CPU's fp32 top-K, which bf16 (8 significant bits) would not keep: fp32 there too.
+    ``bf16`` on a CUDA device without it
     is refused, as is any name but these three.
     """
     check_scoring_precision(name)

@@ -23,7 +23,6 @@ files and environment, CloudWatch) is ``ncf_sagemaker.monitor_job``.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from .errors import ConfigError
+from .ids import id_key
 
 if TYPE_CHECKING:
     from .inference import Recommender
@@ -49,7 +49,6 @@ SAMPLES_KEPT = 5
 # The figure names of the score distributions (Model Monitor "features"), by answer kind.
 SCORE_FEATURES = {RECOMMEND: "recommend_score", SCORES: "pair_score"}
 SEED = 0
-_ASCII_INT = re.compile(r"-?[0-9]{1,19}")
 
 
 # --------------------------------------------------------------------------------------------- statistics
@@ -136,8 +135,8 @@ def share(part: int, whole: int) -> float | None:
 
 # --------------------------------------------------------------------------------------------- catalogue
 class IdSet:
-    """The raw ids a model knows, with ``ncf_core.inference.IdMap``'s reading of a request's ids: a numeric
-    map also accepts numeric ASCII strings, a string map also accepts integers."""
+    """The raw ids a model knows, read as ``ncf_core.inference.IdMap`` reads a request's ids
+    (``ncf_core.ids.id_key``)."""
 
     def __init__(self, ids: Iterable):
         self.ids = list(ids)
@@ -149,24 +148,13 @@ class IdSet:
 
     def canonical(self, raw: object) -> object | None:
         """``raw`` as the model spells it, or None when the model does not know it."""
-        if type(raw) is int or type(raw) is str:
-            if raw in self._set:
-                return raw
-        elif isinstance(raw, bool) or not isinstance(raw, (int, str, float)):
+        if (type(raw) is int or type(raw) is str) and raw in self._set:
+            return raw
+        key = id_key(raw, self.numeric)
+        try:
+            return key if key in self._set else None
+        except TypeError:  # unhashable (list, dict)
             return None
-        if self.numeric:
-            if isinstance(raw, str):
-                text = raw.strip()
-                if not _ASCII_INT.fullmatch(text):
-                    return None
-                raw = int(text)
-            elif isinstance(raw, float):
-                if not raw.is_integer():
-                    return None
-                raw = int(raw)
-        elif isinstance(raw, (int, float)):
-            raw = str(raw)
-        return raw if raw in self._set else None
 
     def unknown(self, raws: Sequence) -> int:
         """How many of ``raws`` the model does not know."""
