@@ -416,8 +416,7 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype:
     requests through the server; 1.07x the fp32 torch scorer in process) and agreed on 98.90% of the
     ML-1M positions (6,040 users), so it is not chosen. On CUDA it is unmeasured, and serving's GPU path
     promises the CPU's fp32 top-K, which bf16 (8 significant bits) would not keep: fp32 there too.
-    ``bf16`` on a CUDA device without it
-    is refused, as is any name but these three.
+    ``bf16`` on a CUDA device without it is refused, as is any name but these three.
     """
     check_scoring_precision(name)
     if name != "bf16":
