@@ -145,19 +145,23 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"--k must be at least 1, got {args.k}")
         result = evaluate(model, test, args.k)
     except (NcfError, OSError) as exc:
-        reason = f"evaluation failed: {exc}"
-        print(reason, file=sys.stderr, flush=True)
-        try:
-            message = contract.exit_message_file()
-            message.parent.mkdir(parents=True, exist_ok=True)
-            message.write_text(reason[: contract.EXIT_MESSAGE_LIMIT], encoding="utf-8")
-        except OSError as write_error:  # never mask the reason
-            log.error("could not write the exit message: %s", write_error)
+        report_failure(f"evaluation failed: {exc}")
         return 1
     write_json(output / contract.EVALUATION_REPORT, result)
     print(json.dumps(result), flush=True)
     track(result, output / contract.EVALUATION_REPORT)
     return 0
+
+
+def report_failure(reason: str) -> None:
+    """A processing job's failure: the reason on stderr and in /opt/ml/output/message (its ExitMessage)."""
+    print(reason, file=sys.stderr, flush=True)
+    try:
+        message = contract.exit_message_file()
+        message.parent.mkdir(parents=True, exist_ok=True)
+        message.write_text(reason[: contract.EXIT_MESSAGE_LIMIT], encoding="utf-8")
+    except OSError as write_error:  # never mask the reason
+        log.error("could not write the exit message: %s", write_error)
 
 
 def track(result: dict[str, Any], report_file: Path) -> None:

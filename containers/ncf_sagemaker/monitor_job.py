@@ -42,6 +42,7 @@ from ncf_core.jsonio import write_json
 from ncf_core.monitoring import LIST_KINDS, SCORE_KINDS, Catalogue, Thresholds, Violation, Window
 
 from . import capture, contract
+from .evaluation_job import model_directory, report_failure
 
 log = logging.getLogger("ncf_sagemaker.monitor")
 
@@ -69,8 +70,6 @@ def baseline(
 ) -> tuple[dict, dict, str]:
     """(statistics.json, constraints.json, report) of the model's own answers on its training users."""
     from ncf_core.inference import Recommender  # torch: only in baseline mode
-
-    from .evaluation_job import model_directory
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ncf-monitor-") as scratch:
@@ -601,13 +600,7 @@ def aligned_window(end: datetime, seconds: str) -> capture.TimeWindow:
 
 
 def fail(reason: str) -> int:
-    print(reason, file=sys.stderr, flush=True)
-    try:
-        message = contract.exit_message_file()
-        message.parent.mkdir(parents=True, exist_ok=True)
-        message.write_text(reason[: contract.EXIT_MESSAGE_LIMIT], encoding="utf-8")
-    except OSError as write_error:  # never mask the reason
-        log.error("could not write the exit message: %s", write_error)
+    report_failure(reason)
     return EXIT_FAILED
 
 
