@@ -87,7 +87,7 @@ def build(settings: Settings, session: Any = None) -> Any:
     from sagemaker.estimator import Estimator
     from sagemaker.inputs import TrainingInput
     from sagemaker.model import Model
-    from sagemaker.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.model_metrics import ModelMetrics
     from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
     from sagemaker.workflow.condition_step import ConditionStep
     from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
@@ -135,9 +135,7 @@ def build(settings: Settings, session: Any = None) -> Any:
     )
     model_data = train.properties.ModelArtifacts.S3ModelArtifacts
 
-    evaluation_uri = Join(
-        on="/", values=[settings.s3("evaluation"), ExecutionVariables.PIPELINE_EXECUTION_ID]
-    )
+    evaluation_uri = _execution_prefix(settings, "evaluation")
     evaluator = Processor(
         role=settings.role_arn,
         image_uri=settings.train_image,
@@ -157,11 +155,7 @@ def build(settings: Settings, session: Any = None) -> Any:
         name=EVALUATE_STEP,
         step_args=evaluator.run(
             inputs=[
-                ProcessingInput(
-                    input_name=contract.PROCESSING_MODEL,
-                    source=model_data,
-                    destination=contract.processing_container_path(contract.PROCESSING_MODEL),
-                ),
+                _model_input(model_data),
                 ProcessingInput(
                     input_name=contract.PROCESSING_TEST,
                     source=param[P.TEST_DATA],
@@ -187,7 +181,7 @@ def build(settings: Settings, session: Any = None) -> Any:
     )
 
     # The model's own answers on its training users: what `monitor` compares a live endpoint with.
-    baseline_uri = Join(on="/", values=[settings.s3("baseline"), ExecutionVariables.PIPELINE_EXECUTION_ID])
+    baseline_uri = _execution_prefix(settings, "baseline")
     baseliner = Processor(
         role=settings.role_arn,
         image_uri=settings.serve_image,
@@ -200,13 +194,7 @@ def build(settings: Settings, session: Any = None) -> Any:
     baseline = ProcessingStep(
         name=BASELINE_STEP,
         step_args=baseliner.run(
-            inputs=[
-                ProcessingInput(
-                    input_name=contract.PROCESSING_MODEL,
-                    source=model_data,
-                    destination=contract.processing_container_path(contract.PROCESSING_MODEL),
-                )
-            ],
+            inputs=[_model_input(model_data)],
             outputs=[
                 ProcessingOutput(
                     output_name=contract.PROCESSING_BASELINE,
@@ -217,15 +205,6 @@ def build(settings: Settings, session: Any = None) -> Any:
             arguments=["--k", str(P.GATE_K)],
         ),
     )
-    data_quality = {
-        f"model_data_{kind}": MetricsSource(
-            content_type="application/json", s3_uri=Join(on="/", values=[baseline_uri, name])
-        )
-        for kind, name in (
-            ("statistics", contract.MONITOR_STATISTICS),
-            ("constraints", contract.MONITOR_CONSTRAINTS),
-        )
-    }
 
     model = Model(
         image_uri=settings.serve_image,
@@ -245,11 +224,9 @@ def build(settings: Settings, session: Any = None) -> Any:
             model_package_group_name=param[P.MODEL_PACKAGE_GROUP],
             approval_status=param[P.APPROVAL_STATUS],
             model_metrics=ModelMetrics(
-                model_statistics=MetricsSource(
-                    content_type="application/json",
-                    s3_uri=Join(on="/", values=[evaluation_uri, contract.EVALUATION_REPORT]),
-                ),
-                **data_quality,
+                model_statistics=_json_file(evaluation_uri, contract.EVALUATION_REPORT),
+                model_data_statistics=_json_file(baseline_uri, contract.MONITOR_STATISTICS),
+                model_data_constraints=_json_file(baseline_uri, contract.MONITOR_CONSTRAINTS),
             ),
             description=f"NCF recommender; HR@{P.GATE_K} and NDCG@{P.GATE_K} in its model statistics, "
             "its monitoring baseline in its model data quality",
@@ -289,9 +266,8 @@ def triton_steps(
     if local:
         raise ValueError("the Triton steps are not in --local runs")
     from sagemaker.model import Model
-    from sagemaker.model_metrics import MetricsSource, ModelMetrics
-    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
-    from sagemaker.workflow.execution_variables import ExecutionVariables
+    from sagemaker.model_metrics import ModelMetrics
+    from sagemaker.processing import ProcessingOutput, Processor
     from sagemaker.workflow.functions import Join
     from sagemaker.workflow.model_step import ModelStep
     from sagemaker.workflow.steps import ProcessingStep
@@ -303,7 +279,7 @@ def triton_steps(
         f"python -m ncf_core export --model-dir /tmp/ncf-model --to /tmp/ncf-triton --name {TRITON_NAME} "
         f"--top-k {P.GATE_K} --packages {out}"
     )
-    triton_uri = Join(on="/", values=[settings.s3("triton"), ExecutionVariables.PIPELINE_EXECUTION_ID])
+    triton_uri = _execution_prefix(settings, "triton")
     exporter = Processor(
         role=settings.role_arn,
         image_uri=settings.train_image,
@@ -316,9 +292,7 @@ def triton_steps(
     export = ProcessingStep(
         name=EXPORT_TRITON_STEP,
         step_args=exporter.run(
-            inputs=[
-                ProcessingInput(input_name=contract.PROCESSING_MODEL, source=model_data, destination=model_in)
-            ],
+            inputs=[_model_input(model_data)],
             outputs=[ProcessingOutput(output_name=TRITON_OUTPUT, source=out, destination=triton_uri)],
         ),
     )
@@ -339,16 +313,40 @@ def triton_steps(
             model_package_group_name=param[P.TRITON_GROUP],
             approval_status=param[P.APPROVAL_STATUS],
             model_metrics=ModelMetrics(
-                model_statistics=MetricsSource(
-                    content_type="application/json",
-                    s3_uri=Join(on="/", values=[evaluation_uri, contract.EVALUATION_REPORT]),
-                )
+                model_statistics=_json_file(evaluation_uri, contract.EVALUATION_REPORT)
             ),
             description=f"NCF top-{P.GATE_K} on Triton (KServe v2 JSON; docs/triton.md)",
         ),
         depends_on=[export],
     )
     return [export, register]
+
+
+def _execution_prefix(settings: Settings, name: str) -> Any:
+    """``s3://BUCKET/PREFIX/NAME/<execution id>``: where one execution's step writes its output."""
+    from sagemaker.workflow.execution_variables import ExecutionVariables
+    from sagemaker.workflow.functions import Join
+
+    return Join(on="/", values=[settings.s3(name), ExecutionVariables.PIPELINE_EXECUTION_ID])
+
+
+def _model_input(model_data: Any) -> Any:
+    """The trained ``model.tar.gz`` as a processing job's ``model`` input (Evaluate, Baseline, Triton)."""
+    from sagemaker.processing import ProcessingInput
+
+    return ProcessingInput(
+        input_name=contract.PROCESSING_MODEL,
+        source=model_data,
+        destination=contract.processing_container_path(contract.PROCESSING_MODEL),
+    )
+
+
+def _json_file(prefix: Any, name: str) -> Any:
+    """A JSON file under an execution's prefix, as a model package's metrics source."""
+    from sagemaker.model_metrics import MetricsSource
+    from sagemaker.workflow.functions import Join
+
+    return MetricsSource(content_type="application/json", s3_uri=Join(on="/", values=[prefix, name]))
 
 
 def definition(settings: Settings) -> str:
